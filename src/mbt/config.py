@@ -47,6 +47,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0  # stochastic depth at the last layer, linear from 0 (paper: 0.3)
     dropout: float = 0.0  # dropout after attention / MLP projections
     attn_dropout: float = 0.0
+    gelu_approximate: Literal["none", "tanh"] = "none"  # timm: exact erf; Flax/scenic: "tanh"
     # Video tokens: frames (B, T, 3, H, W) -> tubelets t x p x p.
     image_size: int = 224
     patch_size: int = 16
@@ -63,7 +64,10 @@ class ModelConfig:
     # Fusion (section 1).
     fusion: Literal["bottleneck", "vanilla", "shared", "late"] = "bottleneck"
     fusion_layer: int = 8  # Lf: layers >= Lf exchange information; Lf == depth is late fusion
-    n_bottlenecks: int = 4  # N_b shared tokens in bottleneck fusion
+    n_bottlenecks: int = 4  # N_b shared tokens in bottleneck fusion (paper: 4)
+    bottleneck_extra_token: bool = (
+        True  # official code adds one bottleneck with the token classifier
+    )
     classifier: Literal["token", "gap"] = "token"  # shared head on each CLS, or mean of all tokens
     test_with_bottlenecks: bool = True  # official switch: False turns fusion off at inference
     # Initialisation: "" (random), a timm model name, or a local ViT checkpoint file.
@@ -89,6 +93,7 @@ class ModelConfig:
         for name in ("drop_path_rate", "dropout", "attn_dropout"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"model.{name}", f"must be in [0, 1), got {v}")
+        _check_choice(self.gelu_approximate, "model.gelu_approximate", ("none", "tanh"))
         _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
         _check(
             self.image_size % self.patch_size == 0,
@@ -130,6 +135,12 @@ class ModelConfig:
         return self.fusion_layer
 
     @property
+    def num_bottleneck_tokens(self) -> int:
+        """Bottleneck tokens actually built: N_b, plus one with the token classifier (official)."""
+        extra = self.classifier == "token" and self.bottleneck_extra_token
+        return self.n_bottlenecks + int(extra)
+
+    @property
     def video_grid(self) -> tuple[int, int, int]:
         """(T', H', W') tubelet grid of the video tokens."""
         g = self.image_size // self.patch_size
@@ -162,7 +173,9 @@ class DataConfig:
     test_clips: int = 4  # K evenly spaced temporal views at evaluation (official: 4)
     test_crops: int = 1  # spatial crops per view at evaluation (1 = centre)
     # Pixels.
-    normalization: Literal["inception", "imagenet"] = "inception"  # 0.5/0.5 (augreg ViT) or ImageNet
+    normalization: Literal["inception", "imagenet"] = (
+        "inception"  # 0.5/0.5 (augreg ViT) or ImageNet
+    )
     resize_short: int = 0  # short side before cropping; 0 = image_size * 256 / 224
     # Audio features: AST Kaldi fbank; normalisation (x - mean) / (2 * std), AST AudioSet stats.
     audio_mean: float = -4.2677393
@@ -189,8 +202,18 @@ class DataConfig:
         _check(self.resize_short >= 0, "data.resize_short", "must be >= 0")
         _check(self.audio_std > 0, "data.audio_std", "must be > 0")
         lo, hi = self.crop_scale
-        _check(0.0 < lo <= hi <= 1.0, "data.crop_scale", f"need 0 < lo <= hi <= 1, got {self.crop_scale}")
-        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "num_workers"):
+        _check(
+            0.0 < lo <= hi <= 1.0,
+            "data.crop_scale",
+            f"need 0 < lo <= hi <= 1, got {self.crop_scale}",
+        )
+        for name in (
+            "freq_masks",
+            "freq_mask_width",
+            "time_masks",
+            "time_mask_width",
+            "num_workers",
+        ):
             _check(getattr(self, name) >= 0, f"data.{name}", "must be >= 0")
 
 
@@ -209,7 +232,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = off (official: 1)
     label_smoothing: float = 0.0  # official: 0.3
     mixup_alpha: float = 0.0  # one lambda for both modalities; 0 = off (official: 0.5)
-    per_modality_loss: bool = True  # official: mean of per-modality losses; False: loss on mean logits
+    per_modality_loss: bool = (
+        True  # official: mean of per-modality losses; False: loss on mean logits
+    )
     modality_dropout: float = 0.0  # fraction of training clips that lose one modality
     early_stopping: int = 5  # patience in epochs on the validation metric; 0 = off
     metric: Literal["auto", "accuracy", "map"] = "auto"  # auto: mAP if multi-label else accuracy
@@ -280,7 +305,9 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ValueError(f"{name}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(
+            _coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True))
+        )
     if tp is type(None):
         if value is not None:
             raise ValueError(f"{name}: expected null, got {value!r}")
@@ -408,8 +435,17 @@ def model_preset(name: str, **changes: Any) -> ModelConfig:
     """Named model sizes: ``tiny`` (CPU tests and demo) and ``paper`` (MBT-B/16, 8 frames)."""
     presets = {
         "tiny": dict(
-            width=64, depth=4, num_heads=4, mlp_ratio=2.0, image_size=32, patch_size=8,
-            num_frames=4, audio_frames=128, mel_bins=64, fusion_layer=2, n_bottlenecks=4,
+            width=64,
+            depth=4,
+            num_heads=4,
+            mlp_ratio=2.0,
+            image_size=32,
+            patch_size=8,
+            num_frames=4,
+            audio_frames=128,
+            mel_bins=64,
+            fusion_layer=2,
+            n_bottlenecks=4,
         ),
         "paper": {},
         "mbt_b16x2": dict(num_frames=32, tubelet_size=2, video_pos_embed="joint", n_bottlenecks=5),
