@@ -306,7 +306,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if len(args) != len(value):
             raise ValueError(f"{name}: expected {len(args)} items, got {len(value)}")
         return tuple(
-            _coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True))
+            _coerce(v, a, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
     if tp is type(None):
         if value is not None:

@@ -1,0 +1,72 @@
+"""Configuration: defaults, YAML + CLI overrides, validation errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from mbt.config import (
+    ModelConfig,
+    RunConfig,
+    from_dict,
+    load_config,
+    model_preset,
+    parse_override,
+    save_config,
+    to_dict,
+)
+
+
+def test_overrides_apply_last_and_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.1\n  epochs: 3\nmodel:\n  fusion_layer: 4\n")
+    cfg = load_config(path, ["train.lr=1e-3", "model.modalities=[audio]", "data.hflip=false"])
+    assert cfg.train.lr == 0.001 and cfg.train.epochs == 3
+    assert cfg.model.fusion_layer == 4 and cfg.model.modalities == ("audio",)
+    assert cfg.data.hflip is False
+    assert isinstance(cfg.train.lr, float)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["model.width=96", "model.num_heads=4", "data.crop_scale=[0.5, 1.0]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", "unknown config key.*train.lrr"),
+        ("modell.width=3", "unknown config key.*modell"),
+        ("train.epochs=2.5", "train.epochs: expected an integer"),
+        ("train.compile=yes please", "train.compile: expected true/false"),
+        ("model.fusion=early", r"model.fusion: must be one of"),
+        ("model.fusion_layer=13", r"model.fusion_layer: must be in \[0, depth=12\]"),
+        ("model.num_heads=5", "model.num_heads: must divide width 768"),
+        ("train.lr=-1", "train.lr: must be > 0"),
+        ("model.modalities=[video, video]", "model.modalities: must be distinct"),
+        ("train.lr", "expected key.sub=value"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_field(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_presets_and_derived_sizes():
+    paper = model_preset("paper")
+    assert paper.video_grid == (8, 14, 14)  # 8 x 196 = 1568 tokens
+    assert paper.audio_grid == (50, 8)  # 400 tokens for 800 x 128
+    ast = ModelConfig(audio_frames=1024, audio_patch_stride=10)
+    assert ast.audio_grid == (101, 12)  # AST's 1212 overlapping patches
+    assert model_preset("mbt_b16x2").video_grid == (16, 14, 14)  # 3136 tokens
+    assert model_preset("tiny").fusion_start == 2
+    assert model_preset("tiny", fusion="late").fusion_start == 4
+    assert model_preset("tiny", modalities=("audio",)).fusion_start == 4
+    with pytest.raises(ValueError, match="model preset"):
+        model_preset("huge")
+
+
+def test_parse_override_nests():
+    assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
