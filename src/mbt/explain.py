@@ -1,0 +1,280 @@
+"""Where the bottleneck tokens attend: the paper's attention figures for one clip.
+
+At every bottleneck-fusion layer each stream runs ``Block_m([x_m, z])``; the rows of that
+block's attention whose queries are the bottleneck tokens ``z`` show what each modality passes
+into the bottleneck. timm's attention calls ``scaled_dot_product_attention``, which returns no
+weights, so a forward hook captures each fusion block's normed input (the output of ``norm1``)
+and the weights are recomputed, ``softmax(q k^T / sqrt(d))``, from the block's own ``qkv``
+projection. The model is not modified.
+
+Shape vocabulary: L fusion layers, B batch, h heads, N_b bottlenecks, P prefix tokens,
+N_m tokens of modality m; video grid (T', H', W'), audio grid (t, f).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mbt.model.fusion import BottleneckFusion
+
+
+def _attention_rows(attn: torch.nn.Module, x: torch.Tensor, n_queries: int) -> torch.Tensor:
+    """Softmax weights of the last ``n_queries`` tokens over all tokens: (B, h, n_queries, N)."""
+    b, n, d = x.shape
+    h = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (3, B, h, N, hd)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # Identity unless qk_norm
+    logits = (q[:, :, n - n_queries :] * attn.scale) @ k.transpose(-2, -1)  # (B, h, N_b, N)
+    return logits.softmax(-1)
+
+
+@torch.no_grad()
+def bottleneck_attention(
+    model: torch.nn.Module, video: torch.Tensor | None = None, audio: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Attention of the bottleneck tokens over each modality's tokens, at every fusion layer.
+
+    Args:
+        model: an :class:`mbt.model.MBT` with ``fusion="bottleneck"``.
+        video: (B, T, 3, H, W) model-ready frames, or None.
+        audio: (B, T_a, F) model-ready log-mel, or None.
+
+    Returns:
+        ``layers``: the fusion layer indices (L of them); ``logits``: (B, C);
+        ``weights[m]``: raw head-wise rows (L, B, h, N_b, P + N_m + N_b), each summing to 1;
+        ``maps[m]``: the weight on modality m's patch tokens, averaged over heads and
+        bottleneck queries and laid out on its grid: video (L, B, T', H', W'),
+        audio (L, B, t, f) (time, frequency).
+
+    Raises:
+        ValueError: the model has no bottleneck fusion layers.
+    """
+    layers = [i for i, layer in enumerate(model.layers) if isinstance(layer, BottleneckFusion)]
+    if not layers:
+        raise ValueError(
+            "explain needs bottleneck fusion layers (model.fusion='bottleneck', two modalities, "
+            f"fusion_layer < depth); this model is fusion={model.cfg.fusion!r} with "
+            f"modalities {list(model.cfg.modalities)}"
+        )
+    n_b = model.cfg.num_bottleneck_tokens
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+    for i in layers:
+        for m, block in model.layers[i].blocks.items():
+
+            def hook(_mod, _inp, out, key=(i, m)):
+                captured[key] = out  # (B, N_m + N_b, D): normed input of the attention
+
+            handles.append(block.norm1.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(video=video, audio=audio, fuse=True)  # (B, C)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    weights: dict[str, torch.Tensor] = {}
+    maps: dict[str, torch.Tensor] = {}
+    for m in model.cfg.modalities:
+        if (layers[0], m) not in captured:
+            continue  # modality not given
+        rows = [
+            _attention_rows(model.layers[i].blocks[m].attn, captured[(i, m)], n_b) for i in layers
+        ]
+        weights[m] = torch.stack(rows)  # (L, B, h, N_b, P + N_m + N_b)
+        embed = model.embed[m]
+        p, n = embed.prefix.num_prefix, embed.num_tokens
+        patch = weights[m][..., p : p + n].mean(dim=(2, 3))  # (L, B, N_m)
+        maps[m] = patch.reshape(*patch.shape[:2], *embed.grid)  # (L, B, *grid)
+    return {"layers": layers, "logits": logits, "weights": weights, "maps": maps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _upsample(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(a, b) heat map -> (H, W), bilinear, scaled to [0, 1]."""
+    g = F.interpolate(grid[None, None].float(), size=size, mode="bilinear", align_corners=False)
+    g = g[0, 0]
+    return (g - g.min()) / (g.max() - g.min()).clamp_min(1e-12)
+
+
+def plot_attention(
+    result: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    frames: torch.Tensor | None = None,
+    spectrogram: torch.Tensor | None = None,
+    tubelet: int = 1,
+    per_layer: bool = False,
+    index: int = 0,
+    title: str = "",
+) -> list[Path]:
+    """Save the paper-style figures of :func:`bottleneck_attention` for clip ``index``.
+
+    Args:
+        result: the output of :func:`bottleneck_attention`.
+        out_dir: folder for the PNG files (created).
+        frames: (T, H, W, 3) float in [0, 1], the sampled frames to overlay; None: heat maps only.
+        spectrogram: (T_a, F) log-mel to draw under the audio heat map.
+        tubelet: frames per tubelet (a video grid step covers this many frames).
+        per_layer: one figure per fusion layer as well as the mean over layers.
+        index: which clip of the batch.
+        title: figure title prefix (e.g. the predicted class).
+
+    Returns:
+        The written files: ``video_attention[_layer<l>].png``, ``audio_attention[...].png``.
+    """
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    views = [("", slice(None))]
+    if per_layer:
+        views += [(f"_layer{i}", slice(j, j + 1)) for j, i in enumerate(result["layers"])]
+    written = []
+    for suffix, sel in views:
+        label = f"{title} bottleneck attention, fusion layers {result['layers'][sel]}".strip()
+        if "video" in result["maps"]:
+            att = result["maps"]["video"][sel, index].mean(0)  # (T', H', W')
+            n = frames.shape[0] if frames is not None else att.shape[0] * tubelet
+            fig = Figure(figsize=(2 * n, 2.3))
+            axes = fig.subplots(1, n, squeeze=False)
+            for t, ax in enumerate(axes[0]):
+                size = frames.shape[1:3] if frames is not None else att.shape[1:]
+                heat = _upsample(att[min(t // tubelet, att.shape[0] - 1)], tuple(size))
+                if frames is not None:
+                    ax.imshow(frames[t].clamp(0, 1).numpy())
+                    ax.imshow(heat.numpy(), cmap="jet", alpha=0.45)
+                else:
+                    ax.imshow(heat.numpy(), cmap="jet")
+                ax.set_axis_off()
+                ax.set_title(f"frame {t}", fontsize=8)
+            fig.suptitle(label, fontsize=9)
+            path = out / f"video_attention{suffix}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            written.append(path)
+        if "audio" in result["maps"]:
+            att = result["maps"]["audio"][sel, index].mean(0)  # (t, f)
+            fig = Figure(figsize=(7, 3))
+            ax = fig.subplots()
+            if spectrogram is not None:
+                size = tuple(spectrogram.shape)  # (T_a, F)
+                ax.imshow(spectrogram.T.numpy(), origin="lower", aspect="auto", cmap="gray")
+                ax.imshow(_upsample(att, size).T.numpy(), origin="lower", aspect="auto",
+                          cmap="jet", alpha=0.45)  # fmt: skip
+                ax.set_xlabel("time frame (10 ms)")
+                ax.set_ylabel("mel bin")
+            else:
+                ax.imshow(att.T.numpy(), origin="lower", aspect="auto", cmap="jet")
+                ax.set_xlabel("time patch")
+                ax.set_ylabel("frequency patch")
+            ax.set_title(label, fontsize=9)
+            path = out / f"audio_attention{suffix}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# From files
+
+
+def clip_inputs(
+    model_cfg, data_cfg, video_path: str | Path, audio_path: str | Path | None = None
+) -> dict[str, torch.Tensor | None]:
+    """Decode one clip as evaluation does (one centred view, centre crop).
+
+    Returns:
+        ``video`` (1, T, 3, S, S) and ``audio`` (1, T_a, F) model inputs (``audio`` None when
+        the clip has no sound), ``frames`` (T, S, S, 3) in [0, 1] and ``fbank`` (T_a, F), the
+        un-normalised pictures to draw.
+    """
+    from mbt.data.audio import load_audio, log_mel, normalize_fbank
+    from mbt.data.dataset import audio_window_start, resolve_short_side
+    from mbt.data.transforms import NORMALIZATIONS, VideoTransform
+    from mbt.data.video import MediaError, probe_video, read_frames, sample_times, window_span
+
+    out: dict[str, torch.Tensor | None] = {"video": None, "audio": None, "frames": None}
+    centre = None
+    if "video" in model_cfg.modalities:
+        info = probe_video(video_path)
+        kw = dict(mode=data_cfg.sampling, fps=info.fps, stride=data_cfg.frame_stride, train=False)
+        span = window_span(info.duration, model_cfg.num_frames, **kw)
+        if data_cfg.sampling == "window":
+            centre = 0.5 * (span[0] + span[1])
+        times = sample_times(info.duration, model_cfg.num_frames, span=span, **kw)
+        short = resolve_short_side(model_cfg, data_cfg)
+        frames = read_frames(video_path, times, short_side=short)  # (T, H, W, 3) uint8
+        transform = VideoTransform(
+            model_cfg.image_size, train=False, resize_short=short,
+            normalization=data_cfg.normalization,
+        )  # fmt: skip
+        video = transform(frames)  # (T, 3, S, S)
+        mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[data_cfg.normalization])
+        out["frames"] = (video * std + mean).permute(0, 2, 3, 1)  # (T, S, S, 3) in [0, 1]
+        out["video"] = video[None]  # (1, T, 3, S, S)
+    if "audio" in model_cfg.modalities:
+        try:
+            wav = load_audio(audio_path or video_path)  # (N,) 16 kHz
+        except MediaError:
+            wav = None  # a clip without sound: explained from its pictures alone
+        if wav is not None:
+            fbank = log_mel(wav, num_mel_bins=model_cfg.mel_bins)  # (N_a, F)
+            target = model_cfg.audio_frames
+            start = audio_window_start(len(fbank), target, centre=centre, train=False)
+            x = fbank[start : start + target]
+            x = F.pad(x, (0, 0, 0, target - len(x)))  # (T_a, F)
+            out["fbank"] = x
+            out["audio"] = normalize_fbank(x, data_cfg.audio_mean, data_cfg.audio_std)[None]
+    return out
+
+
+def explain_clip(
+    source: str | Path,
+    video: str | Path,
+    audio: str | Path | None = None,
+    out_dir: str | Path = "explain",
+    *,
+    per_layer: bool = False,
+) -> dict[str, Any]:
+    """Run a model on one clip and save its bottleneck-attention figures.
+
+    Args:
+        source: a run directory, model directory or Hub id (``MBT.from_pretrained``).
+        video: the clip's video file.
+        audio: a separate sound file (default: the video's own audio track).
+        out_dir: where to write the PNG files.
+        per_layer: also write one figure per fusion layer.
+
+    Returns:
+        ``files`` (written paths), ``prediction`` (top class name or index), ``probabilities``,
+        ``layers``.
+    """
+    from mbt.config import DataConfig, load_config
+    from mbt.model import MBT
+
+    model = MBT.from_pretrained(source)
+    run_config = Path(source) / "config.yaml"
+    data_cfg = load_config(run_config).data if run_config.is_file() else DataConfig()
+    inputs = clip_inputs(model.cfg, data_cfg, video, audio)
+    result = bottleneck_attention(model, inputs["video"], inputs["audio"])
+    probs = result["logits"].softmax(-1)[0]
+    top = int(probs.argmax())
+    name = model.class_names[top] if model.class_names else str(top)
+    files = plot_attention(
+        result, out_dir, frames=inputs["frames"], spectrogram=inputs.get("fbank"),
+        tubelet=model.cfg.tubelet_size, per_layer=per_layer, title=f"predicted: {name} |",
+    )  # fmt: skip
+    return {
+        "files": [str(f) for f in files],
+        "prediction": name,
+        "probabilities": probs.tolist(),
+        "layers": result["layers"],
+    }
