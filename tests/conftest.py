@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny demo data set (real H.264 / wav / AAC files) made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mbt.config import DataConfig, ModelConfig, model_preset
+from mbt.data.demo import CLASSES, make_demo_data
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 classes x 4 clips (groups of 2) of the demo data set; read-only for the tests."""
+    return make_demo_data(
+        tmp_path_factory.mktemp("demo") / "demo", clips_per_class=4, clips_per_group=2
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cfg() -> ModelConfig:
+    """The tiny model's inputs: 4 frames of 32x32, 128 x 64 log-mel."""
+    return model_preset("tiny", num_classes=len(CLASSES))
+
+
+@pytest.fixture(scope="session")
+def demo_data_cfg() -> DataConfig:
+    """Split two groups of two: half of each class is validation."""
+    return DataConfig(val_fraction=0.4, crop_scale=(0.3, 1.0))

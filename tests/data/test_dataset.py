@@ -1,0 +1,146 @@
+"""AVDataset items: shapes, dtypes, determinism, audio alignment and failure handling."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mbt.config import DataConfig, replace
+from mbt.data.dataset import AVDataset, audio_window_start, collate_skip_failed, item_generator
+from mbt.data.layouts import Clip, scan
+from mbt.data.video import MediaError
+
+
+@pytest.fixture(scope="module")
+def index(demo_root, demo_data_cfg):
+    return scan(demo_root, demo_data_cfg)
+
+
+def test_train_item(index, tiny_model_cfg, demo_data_cfg):
+    ds = AVDataset(index.train, index.classes, tiny_model_cfg, demo_data_cfg, train=True)
+    item = ds[0]
+    assert item["video"].shape == (4, 3, 32, 32) and item["video"].dtype == torch.float32
+    assert item["audio"].shape == (128, 64) and item["audio"].dtype == torch.float32
+    assert item["label"].dtype == torch.int64 and item["label"].shape == ()
+    assert item["has_audio"] is True and item["index"] == 0
+    assert -1.0 <= item["video"].min() and item["video"].max() <= 1.0  # inception scaling
+    assert torch.isfinite(item["audio"]).all()
+
+
+def test_eval_multi_view(index, tiny_model_cfg, demo_data_cfg):
+    cfg = replace(demo_data_cfg, test_crops=3)
+    ds = AVDataset(index.val, index.classes, tiny_model_cfg, cfg, train=False, views=2)
+    item = ds[1]
+    assert item["video"].shape == (6, 4, 3, 32, 32)  # V = views * crops
+    assert item["audio"].shape == (6, 128, 64)
+    assert torch.equal(item["audio"][0], item["audio"][2])  # one sound per temporal view
+    assert not torch.equal(item["video"][0], item["video"][1])  # different crops
+    single = AVDataset(index.val, index.classes, tiny_model_cfg, cfg, train=False)[1]
+    assert single["video"].shape == (4, 3, 32, 32) and single["audio"].shape == (128, 64)
+
+
+def test_deterministic_per_seed_and_epoch(index, tiny_model_cfg, demo_data_cfg):
+    make = lambda seed: AVDataset(  # noqa: E731
+        index.train, index.classes, tiny_model_cfg, demo_data_cfg, train=True, seed=seed
+    )
+    a, b, c = make(0), make(0), make(1)
+    for k in ("video", "audio"):
+        assert torch.equal(a[2][k], b[2][k])
+        assert not torch.equal(a[2][k], c[2][k])
+    b.set_epoch(1)
+    assert not torch.equal(a[2]["video"], b[2]["video"])
+    assert torch.equal(a[2]["label"], b[2]["label"])
+    # Workers do not change what an item is.
+    loader = lambda n: DataLoader(a, batch_size=4, num_workers=n)  # noqa: E731
+    first = next(iter(loader(0)))
+    second = next(iter(loader(2)))
+    assert torch.equal(first["video"], second["video"])
+    # (the FFT sums in another order with one thread per worker: equal up to rounding)
+    assert torch.allclose(first["audio"], second["audio"], atol=1e-4)
+
+
+def test_item_generator_is_order_free():
+    x = torch.rand(3, generator=item_generator(1, 2, 3))
+    torch.rand(5)  # global state does not matter
+    assert torch.equal(x, torch.rand(3, generator=item_generator(1, 2, 3)))
+    assert not torch.equal(x, torch.rand(3, generator=item_generator(1, 2, 4)))
+
+
+def test_audio_window_alignment():
+    # centred on the video window's centre (seconds -> 10 ms frames), clamped to the track
+    assert audio_window_start(500, 100, centre=2.0, train=False) == 150
+    assert audio_window_start(500, 100, centre=0.1, train=False) == 0
+    assert audio_window_start(500, 100, centre=4.9, train=True) == 400
+    assert audio_window_start(80, 100, centre=0.5, train=False) == 0  # shorter than the window
+    # uniform sampling: centred, spread over views, random in training
+    assert audio_window_start(500, 100, centre=None, train=False) == 200
+    starts = [
+        audio_window_start(500, 100, centre=None, train=False, view=v, num_views=3)
+        for v in range(3)
+    ]
+    assert starts == [0, 200, 400]
+    g = torch.Generator().manual_seed(0)
+    assert all(
+        0 <= audio_window_start(500, 100, centre=None, train=True, generator=g) <= 400
+        for _ in range(20)
+    )
+
+
+def test_window_sampling_aligns_audio(index, tiny_model_cfg, demo_data_cfg, monkeypatch):
+    """In window mode the audio window starts where the video window's centre says."""
+    from mbt.data import dataset as dataset_mod
+
+    cfg = replace(demo_data_cfg, sampling="window", frame_stride=2)
+    seen = {}
+    real = dataset_mod.audio_window_start
+
+    def spy(length, target, *, centre, **kw):
+        seen["centre"] = centre
+        return real(length, target, centre=centre, **kw)
+
+    monkeypatch.setattr(dataset_mod, "audio_window_start", spy)
+    ds = AVDataset(index.val, index.classes, tiny_model_cfg, cfg, train=False)
+    ds[0]
+    duration, fps = ds.reader.video_info(index.val[0])
+    window = 4 * 2 / fps
+    assert seen["centre"] == pytest.approx((duration - window) / 2 + window / 2)
+
+
+def test_modalities_and_multi_label(index, tiny_model_cfg, demo_data_cfg):
+    video_only = dataclasses.replace(tiny_model_cfg, modalities=("video",))
+    item = AVDataset(index.val, index.classes, video_only, demo_data_cfg, train=False)[0]
+    assert "audio" not in item and item["video"].shape == (4, 3, 32, 32)
+    audio_only = dataclasses.replace(tiny_model_cfg, modalities=("audio",))
+    item = AVDataset(index.val, index.classes, audio_only, demo_data_cfg, train=False)[0]
+    assert "video" not in item and item["audio"].shape == (128, 64)
+    clip = dataclasses.replace(index.val[0], labels=(1, 4))
+    ds = AVDataset(
+        [clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False, multi_label=True
+    )
+    assert ds[0]["label"].tolist() == [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="labels"):
+        AVDataset([clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False)
+
+
+def test_silent_clip(index, tiny_model_cfg, demo_data_cfg):
+    clip = dataclasses.replace(index.val[0], audio=None, has_audio=False)
+    item = AVDataset([clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False)[0]
+    assert item["has_audio"] is False and not item["audio"].any()
+
+
+def test_failed_clip_raises_or_is_skipped(index, tiny_model_cfg, demo_data_cfg, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 1000)
+    bad = Clip(video=broken, audio=None, labels=(0,), key="broken")
+    clips = [index.val[0], bad, index.val[1]]
+    ds = AVDataset(clips, index.classes, tiny_model_cfg, DataConfig(), train=False)
+    with pytest.raises(MediaError, match="broken.mp4"):
+        ds[1]
+    ds = AVDataset(clips, index.classes, tiny_model_cfg, DataConfig(), train=False, on_error="skip")
+    assert ds[1] is None
+    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_skip_failed)))
+    assert batch["index"].tolist() == [0, 2] and batch["video"].shape[0] == 2
+    assert collate_skip_failed([None, None]) is None
