@@ -244,6 +244,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
     log_every: int = 10  # steps between progress-bar metric refreshes
+    threads: int = 0  # CPU threads per process (torch.set_num_threads); 0 = torch's default
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -262,6 +263,7 @@ class TrainConfig:
         _check_choice(self.metric, "train.metric", ("auto", "accuracy", "map"))
         _check_choice(self.precision, "train.precision", ("fp32", "bf16", "fp16"))
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.threads >= 0, "train.threads", "must be >= 0")
 
 
 @dataclass(frozen=True)
