@@ -16,11 +16,18 @@ def main() -> None:
     late = count_flops(model_preset("paper", fusion="late"))
     rows = [("late fusion", late)]
     for lf in (8, 4, 0):
-        rows.append((f"bottleneck, Lf={lf}, B=4", count_flops(model_preset("paper", fusion_layer=lf))))
+        rows.append(
+            (f"bottleneck, Lf={lf}, B=4", count_flops(model_preset("paper", fusion_layer=lf)))
+        )
     for lf in (8, 4, 0):
         cfg = model_preset("paper", fusion="vanilla", fusion_layer=lf)
         rows.append((f"vanilla cross-attention, Lf={lf}", count_flops(cfg)))
-    rows.append(("shared encoder, Lf=0", count_flops(model_preset("paper", fusion="shared", fusion_layer=0))))
+    rows.append(
+        (
+            "shared encoder, Lf=0",
+            count_flops(model_preset("paper", fusion="shared", fusion_layer=0)),
+        )
+    )
     print(f"{'regime':34s} {'GFLOPs':>9s} {'vs late':>8s}")
     for name, flops in rows:
         print(f"{name:34s} {flops / 1e9:9.1f} {flops / late:8.4f}")
