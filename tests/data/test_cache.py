@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -130,3 +131,19 @@ def test_cache_settings_must_match(data, tmp_path, tiny_model_cfg, demo_data_cfg
         CachedDataset(out, "val", replace(tiny_model_cfg, mel_bins=128), demo_data_cfg, train=False)
     with pytest.raises(ValueError, match="no cache index"):
         CachedDataset(tmp_path / "nothing", "val", tiny_model_cfg, demo_data_cfg, train=False)
+
+
+def test_reused_clips_take_labels_from_the_new_scan(data, tmp_path, tiny_model_cfg, demo_data_cfg):
+    """A class added to the data set shifts the ids: unchanged clips must not keep old labels."""
+    out = tmp_path / "cache"
+    index = scan(data, demo_data_cfg)
+    index.train, index.val, index.test = index.train[:3], index.val[:1], []
+    prepare(data, out, demo_data_cfg, tiny_model_cfg, progress=False, index=index)
+    shift = lambda clips: [dataclasses.replace(c, labels=(c.labels[0] + 1,)) for c in clips]  # noqa: E731
+    index.classes = ["AAnew", *index.classes]
+    index.train, index.val = shift(index.train), shift(index.val)
+    again = prepare(data, out, demo_data_cfg, tiny_model_cfg, progress=False, index=index)
+    assert again.processed == 0 and again.reused == 4
+    cached = CachedDataset(out, "train", tiny_model_cfg, demo_data_cfg, train=False)
+    assert cached.classes == index.classes
+    assert [c.labels for c in cached.clips] == [c.labels for c in index.train]

@@ -70,6 +70,20 @@ def test_pjzuf_flat_ucf_stems_group_aware(tmp_path):
     assert all(c.audio is not None and c.audio.stem == c.video.stem for c in index.train)
 
 
+def test_one_clip_without_a_group_keeps_the_split_group_aware(tmp_path):
+    root = tmp_path / "d"
+    for cls in ("Jump", "Run"):
+        for g in range(1, 6):
+            for c in (1, 2):
+                _video(root / f"video/{cls}/{_ucf_stem(cls, g, c)}.mp4", audio=True)
+    _video(root / "video/Run/extra_take.mp4", audio=True)  # no g<gg> in its name
+    for seed in range(4):
+        index = scan(root, DataConfig(val_fraction=0.2, split_seed=seed))
+        assert index.val and index.train
+        train, val = _groups(index.train) - {None}, _groups(index.val) - {None}
+        assert not train & val, seed
+
+
 def test_class_ids_do_not_depend_on_creation_order(tmp_path):
     names = ["zebra", "Apple", "mango", "Banana"]
     keys = [(n, i) for n in names for i in range(2)]
@@ -186,6 +200,35 @@ def test_vggsound_csv_tolerates_missing_files(tmp_path):
     assert sorted(index.report.missing) == ["id003-_x_000090", "id006-_x_000180"]
     assert len(index.test) == 2 and len(index.train) + len(index.val) == 6
     assert "2 of 10 rows" in index.report.format()
+
+
+def test_class_ids_do_not_depend_on_missing_files(tmp_path):
+    """Two machines missing different VGGSound / manifest files must agree on the class ids."""
+    root = tmp_path / "vgg"
+    rows = [f"gone{i},10,alpha,train" for i in range(2)]  # every "alpha" video has vanished
+    for i in range(4):
+        rows.append(f"id{i},10,{'beta' if i % 2 else 'gamma'},train")
+        _video(root / "train" / f"id{i}_000010.mp4", audio=True)
+    (root / "vggsound.csv").write_text("\n".join(rows) + "\n")
+    index = scan(root, DataConfig(manifest="vggsound.csv"))
+    assert index.classes == ["alpha", "beta", "gamma"]
+    assert {c.key: c.labels for c in index.train + index.val}["id1_000010"] == (1,)
+    lines = ["path,label", "train/nothing.mp4,alpha"]
+    lines += [f"train/id{i}_000010.mp4,{'beta' if i % 2 else 'gamma'}" for i in range(4)]
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    index = scan(root / "m.csv", DataConfig())
+    assert index.classes == ["alpha", "beta", "gamma"] and len(index.report.missing) == 1
+
+
+def test_manifest_with_a_byte_order_mark(tmp_path):
+    """Spreadsheets save CSV as UTF-8 with a BOM; the header must still be recognised."""
+    root = tmp_path / "d"
+    _video(root / "clips/a.mp4", audio=True)
+    _video(root / "clips/b.mp4", audio=True)
+    text = "path,label\nclips/a.mp4,cat\nclips/b.mp4,cat\n"
+    (root / "m.csv").write_bytes(text.encode("utf-8-sig"))
+    index = scan(root / "m.csv", DataConfig())
+    assert index.classes == ["cat"] and len(index.train + index.val) == 2
 
 
 def test_missing_audio_policies(tmp_path):

@@ -359,7 +359,8 @@ def prepare(
         src = {"video": _file_stamp(clip.video), "audio": _file_stamp(clip.audio)}
         prev = old_clips.get(key)
         if prev is not None and prev["src"] == src and _files_exist(out, prev):
-            entries[key] = prev
+            # Labels and groups come from this scan: class ids shift when classes change.
+            entries[key] = {**prev, **_clip_entry(clip, {}, src)}
             report.reused += 1
             continue
         prev_fail = old_failed.get(key)

@@ -496,7 +496,7 @@ def _gather_csv(
     manifest: Path, root: Path, report: ScanReport
 ) -> tuple[list[_Candidate], list[str]]:
     try:
-        with open(manifest, newline="") as f:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{manifest}: cannot read the manifest ({e})") from None
@@ -533,6 +533,7 @@ def _gather_manifest(
     col = {h: i for i, h in enumerate(header)}
     base = manifest.parent
     cands = []
+    names: list[str] = []  # of every row, missing files too: ids must not depend on downloads
     for lineno, row in enumerate(rows, 2):
         where = f"{manifest}:{lineno}"
         if len(row) != len(header):
@@ -543,6 +544,7 @@ def _gather_manifest(
         labels = tuple(x.strip() for x in get("label", "").split(";") if x.strip())
         if not rel or not labels:
             raise ValueError(f"{where}: empty path or label")
+        names.extend(labels)
         path = base / rel
         audio = base / get("audio", "") if get("audio", "") else None
         gone = [p for p in (path, audio) if p is not None and not p.is_file()]
@@ -559,7 +561,7 @@ def _gather_manifest(
                 split=_parse_split(get("split", ""), where),
             )
         )  # fmt: skip
-    return cands, _class_sort(n for c in cands for n in c.names)
+    return cands, _class_sort(names)
 
 
 def _gather_vggsound(
@@ -569,12 +571,14 @@ def _gather_vggsound(
     for p in _media_files(root, VIDEO_EXTS, max_depth=2):
         stems[p.stem].append(p)
     cands = []
+    labels: list[str] = []  # of every row, missing files too: ids must not depend on downloads
     for lineno, row in enumerate(rows, 1):
         where = f"{manifest}:{lineno}"
         if len(row) != 4 or not row[1].strip().isdigit():
             raise ValueError(f"{where}: expected 'youtube_id,start_seconds,label,split', got {row}")
         ytid, start, label, split = row[0].strip(), int(row[1]), row[2].strip(), row[3]
         split_name = _parse_split(split, where)
+        labels.append(label)
         names = (
             f"{ytid}_{start:06d}",
             f"{ytid}_{start}",
@@ -593,7 +597,7 @@ def _gather_vggsound(
         report.notes.append(
             f"{len(report.missing)} of {len(rows)} rows ({share:.0f} %) have no file"
         )
-    return cands, _class_sort(c.names[0] for c in cands)
+    return cands, _class_sort(labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,11 +715,14 @@ def _seeded(seed: int, name: str) -> np.random.Generator:
 
 
 def _hold_out(clips: list[Clip], fraction: float, seed: int) -> set[str]:
-    """Keys of the validation clips: whole groups if every clip has one, else per class."""
+    """Keys of the validation clips: whole groups if any clip has one (a clip without a group
+    is a group of its own, so one odd file name cannot turn off the group split), else per
+    class."""
     if len(clips) < 2:
         return set()
-    if all(c.group is not None for c in clips):
-        sizes = Counter(c.group for c in clips)
+    if any(c.group is not None for c in clips):
+        group = {c.key: c.group if c.group is not None else f"\0{c.key}" for c in clips}
+        sizes = Counter(group.values())
         groups = sorted(sizes)
         if len(groups) >= 2:
             order = [groups[i] for i in _seeded(seed, "groups").permutation(len(groups))]
@@ -726,7 +733,7 @@ def _hold_out(clips: list[Clip], fraction: float, seed: int) -> set[str]:
                     break
                 chosen.add(g)
                 n += sizes[g]
-            return {c.key for c in clips if c.group in chosen}
+            return {c.key for c in clips if group[c.key] in chosen}
     # Stratified by (first) class: each class gives round(fraction * n) clips, at least one.
     by_class: dict[int, list[str]] = defaultdict(list)
     for c in clips:
