@@ -76,6 +76,17 @@ def test_missing_file_is_a_one_line_error(tmp_path, capsys):
         main(["evaluate", str(tmp_path / "nope"), "--debug"])
 
 
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"junk")
+    (d / "state.pt").write_bytes(b"junk")
+    assert main(["predict", str(d), str(tmp_path / "clip.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbt: error: ") and "unreadable checkpoint" in err
+    assert err.count("\n") == 1
+
+
 def test_python_dash_m_mbt_lists_the_commands():
     r = subprocess.run([sys.executable, "-m", "mbt", "--help"], capture_output=True, text=True)
     assert r.returncode == 0

@@ -43,3 +43,15 @@ def test_rng_state_round_trip(tmp_path):
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0])
     assert np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_corrupt_checkpoint_files_are_value_errors(tmp_path):
+    import pytest
+
+    d = ckpt.save_checkpoint(tmp_path / "c", nn.Linear(3, 2), {"epoch": 1})
+    (d / ckpt.WEIGHTS).write_bytes(b"junk")  # e.g. a truncated copy
+    with pytest.raises(ValueError, match="unreadable checkpoint weights"):
+        ckpt.load_weights(d, nn.Linear(3, 2))
+    (d / ckpt.STATE).write_bytes((d / ckpt.STATE).read_bytes()[:100])
+    with pytest.raises(ValueError, match="unreadable checkpoint state"):
+        ckpt.load_state(d)

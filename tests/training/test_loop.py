@@ -79,6 +79,21 @@ def test_resume_is_bit_identical(demo_cache, tmp_path, monkeypatch):
     assert col(log_a, 1) == col(log_b, 1)  # train_loss of all 4 epochs
 
 
+def test_resume_after_a_save_interrupted_between_its_renames(demo_cache, tmp_path):
+    # save_checkpoint renames last -> .last.old before moving the new folder in; a crash in
+    # that gap leaves only .last.old, which must still count as the run's last checkpoint.
+    run = tmp_path / "run"
+    loop.train(tiny_config(f"data.cache={demo_cache}", "train.epochs=1"), None, run)
+    last = run / "checkpoints" / "last"
+    last.rename(last.parent / ".last.old")
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2")
+    with pytest.raises(ValueError, match="already holds a run"):
+        loop.train(cfg, None, run)
+    s = loop.train(cfg, None, run, resume=True)
+    assert s["epochs_run"] == 2 and load_state(last)["epoch"] == 2
+    assert not (last.parent / ".last.old").exists()
+
+
 def test_early_stopping_stops(demo_cache, tmp_path):
     # A vanishing lr: the metric cannot improve after epoch 1, patience 1 stops at epoch 2.
     cfg = tiny_config(

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -122,7 +123,11 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 def load_weights(directory: str | Path, model: nn.Module, strict: bool = True) -> None:
     """Load ``directory/model.safetensors`` into ``model``."""
-    weights = load_file(Path(directory) / WEIGHTS)
+    path = Path(directory) / WEIGHTS
+    try:
+        weights = load_file(path)
+    except (OSError, SafetensorError) as e:  # truncated / not a safetensors file
+        raise ValueError(f"{path}: unreadable checkpoint weights ({e})") from e
     model.load_state_dict(weights, strict=strict)
 
 
@@ -131,4 +136,7 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / STATE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint state file missing")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / corrupt: RuntimeError, EOFError, struct.error ...
+        raise ValueError(f"{path}: unreadable checkpoint state ({e})") from e

@@ -513,9 +513,13 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
     last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
     if tc.precision == "fp16" and info.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
-    if resume and not (last_dir / ckpt.WEIGHTS).is_file():
+    try:  # checkpoints/last, or .last.old when a save was interrupted between its renames
+        resume_dir: Path | None = ckpt.resolve_checkpoint(last_dir)
+    except FileNotFoundError:
+        resume_dir = None
+    if resume and resume_dir is None:
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last)")
-    if not resume and (last_dir / ckpt.WEIGHTS).is_file():
+    if not resume and resume_dir is not None:
         raise ValueError(f"{out} already holds a run; use --resume {out} or another --out")
 
     # -- data ----------------------------------------------------------------------------
@@ -573,8 +577,8 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
     log_path = out / "training_log.csv"
     rows: list[dict[str, Any]] = []
     if resume:
-        ckpt.load_weights(last_dir, model)
-        state = ckpt.load_state(last_dir)
+        ckpt.load_weights(resume_dir, model)
+        state = ckpt.load_state(resume_dir)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -696,7 +700,7 @@ def start_epoch_of(directory: Path) -> int:
     """The epoch a checkpoint was written after (0 when unreadable)."""
     try:
         return int(ckpt.load_state(directory)["epoch"])
-    except (FileNotFoundError, KeyError, RuntimeError):
+    except (FileNotFoundError, KeyError, RuntimeError, ValueError):
         return 0
 
 
