@@ -144,3 +144,50 @@ def test_failed_clip_raises_or_is_skipped(index, tiny_model_cfg, demo_data_cfg, 
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_skip_failed)))
     assert batch["index"].tolist() == [0, 2] and batch["video"].shape[0] == 2
     assert collate_skip_failed([None, None]) is None
+
+
+def test_crops_apply_with_one_temporal_view(index, tiny_model_cfg, demo_data_cfg):
+    """test_crops=3 with test_clips=1: V = 1 * 3, not silently one centre crop."""
+    cfg = replace(demo_data_cfg, test_crops=3)
+    ds = AVDataset(index.val, index.classes, tiny_model_cfg, cfg, train=False, views=1, crops=3)
+    item = ds[0]
+    assert item["video"].shape == (3, 4, 3, 32, 32)
+    assert item["audio"].shape == (3, 128, 64)
+    assert not torch.equal(item["video"][0], item["video"][1])
+    with pytest.raises(ValueError, match="crops"):
+        AVDataset(index.train, index.classes, tiny_model_cfg, cfg, train=True, crops=3)
+
+
+def test_guard_names_the_failing_audio_file_on_one_line(index, tiny_model_cfg, demo_data_cfg):
+    class Reader:
+        def video_info(self, clip):
+            return 2.0, 10.0
+
+        def frames(self, clip, times):
+            return torch.zeros(len(times), 40, 40, 3, dtype=torch.uint8)
+
+        def fbank(self, clip):
+            raise RuntimeError(f"{clip.audio}: bad header\nsecond line")
+
+    clip = index.val[0]
+    assert clip.audio is not None and clip.video is not None
+    ds = AVDataset([clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False,
+                   reader=Reader())  # fmt: skip
+    with pytest.raises(MediaError) as err:
+        ds[0]
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == f"{clip.audio}: RuntimeError: bad header second line"
+
+
+def test_audio_only_clip_in_a_video_model(index, tiny_model_cfg, demo_data_cfg):
+    clip = dataclasses.replace(index.val[0], video=None)
+    ds = AVDataset([clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False)
+    with pytest.raises(MediaError, match=f"{clip.key}: clip has no video file but the model"):
+        ds[0]
+    skip = AVDataset([clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False,
+                     on_error="skip")  # fmt: skip
+    assert skip[0] is None
+    audio_only = dataclasses.replace(tiny_model_cfg, modalities=("audio",))
+    item = AVDataset([clip], index.classes, audio_only, demo_data_cfg, train=False)[0]
+    assert item["audio"].shape == (128, 64)

@@ -515,7 +515,7 @@ class CachedDataset(AVDataset):
     Args:
         folder: The cache folder.
         split: ``"train"``, ``"val"`` or ``"test"``.
-        model_cfg, data_cfg, train, views, seed, on_error: as for :class:`AVDataset`.
+        model_cfg, data_cfg, train, views, crops, seed, on_error: as for :class:`AVDataset`.
     """
 
     def __init__(
@@ -527,6 +527,7 @@ class CachedDataset(AVDataset):
         *,
         train: bool,
         views: int = 1,
+        crops: int | None = None,
         seed: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
     ) -> None:
@@ -563,7 +564,8 @@ class CachedDataset(AVDataset):
         self.failed = data.get("failed", {})
         super().__init__(
             clips, data["classes"], model_cfg, data_cfg, train=train,
-            multi_label=data["multi_label"], views=views, seed=seed, on_error=on_error,
+            multi_label=data["multi_label"], views=views, crops=crops, seed=seed,
+            on_error=on_error,
             reader=CacheReader(folder, entries, settings["frame_format"]),
         )  # fmt: skip
 
@@ -575,6 +577,7 @@ def open_dataset(
     *,
     train: bool,
     views: int = 1,
+    crops: int | None = None,
     seed: int = 0,
     on_error: Literal["raise", "skip"] = "raise",
     index: DataIndex | None = None,
@@ -583,8 +586,8 @@ def open_dataset(
     from the media under ``data_cfg.root`` (pass ``index`` to reuse one scan for all splits)."""
     if data_cfg.cache:
         return CachedDataset(
-            data_cfg.cache, split, model_cfg, data_cfg, train=train, views=views, seed=seed,
-            on_error=on_error,
+            data_cfg.cache, split, model_cfg, data_cfg, train=train, views=views, crops=crops,
+            seed=seed, on_error=on_error,
         )  # fmt: skip
     if index is None:
         modalities = model_cfg.modalities
@@ -593,5 +596,5 @@ def open_dataset(
         )
     return AVDataset(
         index.split(split), index.classes, model_cfg, data_cfg, train=train,
-        multi_label=index.multi_label, views=views, seed=seed, on_error=on_error,
+        multi_label=index.multi_label, views=views, crops=crops, seed=seed, on_error=on_error,
     )  # fmt: skip

@@ -9,7 +9,8 @@ One item of :class:`AVDataset` is a dict::
     index     int                         position in the dataset (``dataset.clips[index]``)
 
 ``video`` / ``audio`` are present only if ``model_cfg.modalities`` names them. V is
-``views * data_cfg.test_crops`` (temporal views outer, crops inner).
+``views * crops`` (temporal views outer, crops inner); items are multi-view whenever V > 1,
+so ``crops=3`` with a single temporal view gives V = 3.
 
 Where the pixels and the log-mel come from is a :class:`ClipReader`: :class:`MediaReader`
 decodes the media files, ``mbt.data.cache.CacheReader`` reads a prepared cache. Sampling,
@@ -115,8 +116,12 @@ class AVDataset(Dataset):
         data_cfg: Sampling, normalisation and augmentation options.
         train: Random sampling and augmentation (True) or deterministic views (False).
         multi_label: Labels as float multi-hot (C,) instead of an int64 class id.
-        views: Temporal views at evaluation (e.g. ``data_cfg.test_clips``); with ``views > 1``
-            each item stacks ``views * data_cfg.test_crops`` views. Must be 1 in training.
+        views: Temporal views at evaluation (e.g. ``data_cfg.test_clips``). Must be 1 in
+            training.
+        crops: Spatial crops per temporal view at evaluation (1 or 3, e.g.
+            ``data_cfg.test_crops``), independent of ``views``; each item stacks
+            ``V = views * crops`` views when V > 1. None (default): ``data_cfg.test_crops``
+            when ``views > 1``, else 1 (a cheap single-view validation). Must be 1 in training.
         seed: Base seed of the per-item generators.
         on_error: ``"raise"`` a :class:`MediaError` naming the file when a clip fails to
             decode, or ``"skip"``: return None (logged once per file) and let
@@ -134,12 +139,17 @@ class AVDataset(Dataset):
         train: bool,
         multi_label: bool = False,
         views: int = 1,
+        crops: int | None = None,
         seed: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
         reader: ClipReader | None = None,
     ) -> None:
         if views < 1 or (train and views != 1):
             raise ValueError(f"views must be >= 1 (and 1 in training), got {views}")
+        if crops is None:
+            crops = data_cfg.test_crops if views > 1 and not train else 1
+        if crops not in (1, 3) or (train and crops != 1):
+            raise ValueError(f"crops must be 1 or 3 (and 1 in training), got {crops}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.clips = list(clips)
@@ -149,7 +159,7 @@ class AVDataset(Dataset):
         self.train = train
         self.multi_label = multi_label
         self.views = views
-        self.crops = data_cfg.test_crops if views > 1 else 1
+        self.crops = crops
         self.seed = seed
         self.epoch = 0
         self.on_error = on_error
@@ -200,13 +210,17 @@ class AVDataset(Dataset):
         g = item_generator(self.seed, self.epoch, index)
         mcfg, dcfg = self.model_cfg, self.data_cfg
         n_views = self.views
+        multi_view = n_views * self.crops > 1  # items stack V = views * crops views
+        if self.load_video and clip.video is None:
+            raise MediaError(f"{clip.key}: clip has no video file but the model reads video")
         video_views, audio_views = [], []
         duration = fps = None
         if clip.video is not None and (self.load_video or dcfg.sampling == "window"):
-            duration, fps = self._guard(clip, lambda: self.reader.video_info(clip))
+            duration, fps = self._guard(clip, lambda: self.reader.video_info(clip), clip.video)
         fbank = None
         if self.load_audio and clip.has_audio:
-            fbank = self._guard(clip, lambda: self.reader.fbank(clip))  # (N_a, F)
+            audio_file = clip.audio or clip.video
+            fbank = self._guard(clip, lambda: self.reader.fbank(clip), audio_file)  # (N_a, F)
         for view in range(n_views):
             centre = None
             if duration is not None:
@@ -223,20 +237,21 @@ class AVDataset(Dataset):
                         stride=dcfg.frame_stride, train=self.train, view=view,
                         num_views=n_views, generator=g, span=span,
                     )  # fmt: skip
-                    frames = self._guard(clip, lambda t=times: self.reader.frames(clip, t))
+                    read = lambda t=times: self.reader.frames(clip, t)  # noqa: E731
+                    frames = self._guard(clip, read, clip.video)
                     video_views.append(self.transform(frames, generator=g))  # ([crops,] T, 3, S, S)
             if self.load_audio:
                 audio_views.append(self._audio_view(fbank, centre, view, g))  # (T_a, F)
         item: dict[str, Any] = {}
         if self.load_video:
-            if n_views == 1:
+            if not multi_view:
                 item["video"] = video_views[0]  # (T, 3, S, S)
             else:
                 v = torch.stack(video_views)  # (views, [crops,] T, 3, S, S)
                 item["video"] = v.reshape(-1, *v.shape[-4:])  # (V, T, 3, S, S)
         if self.load_audio:
             a = torch.stack(audio_views)  # (views, T_a, F)
-            if n_views > 1:
+            if multi_view:
                 a = a.repeat_interleave(self.crops, dim=0)  # (V, T_a, F), same sound per crop
                 item["audio"] = a
             else:
@@ -277,14 +292,17 @@ class AVDataset(Dataset):
         return y
 
     @staticmethod
-    def _guard(clip: Clip, fn: Any) -> Any:
-        """Run a decode step; any failure becomes a :class:`MediaError` naming the clip's file."""
+    def _guard(clip: Clip, fn: Any, path: Any = None) -> Any:
+        """Run a decode step; any failure becomes a one-line :class:`MediaError` naming the
+        file being read (``path``; else the clip's video or audio file, else its key)."""
         try:
             return fn()
         except MediaError:
-            raise
+            raise  # already names its file
         except Exception as e:  # a decoder bug or an unexpected file: still name the file
-            raise MediaError(f"{clip.video or clip.audio}: {type(e).__name__}: {e}") from e
+            name = str(path or clip.video or clip.audio or clip.key)
+            text = " ".join(str(e).split()).removeprefix(f"{name}: ")  # one line, path once
+            raise MediaError(f"{name}: {type(e).__name__}: {text}".rstrip(": ")) from e
 
 
 def audio_window_start(

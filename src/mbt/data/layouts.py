@@ -12,14 +12,25 @@ Three layouts are recognised (``data.layout``, or ``auto``):
   ``ucfTrainTestlist/``. Names are matched case-insensitively (the ``HandstandPushups`` folder
   holds ``v_HandStandPushups_*``).
 - ``csv``: a manifest with a header ``path,label[,audio][,split][,group]`` (``;`` between the
-  labels of a multi-label row, paths relative to the manifest), or VGGSound's header-less
-  ``youtube_id,start_seconds,label,split``. VGGSound files are looked up by stem anywhere below
-  the root (two levels deep): ``<ytid>_<start:06d>``, ``<ytid>_<start>`` or
-  ``<ytid>_<start*1000>_<(start+10)*1000>``, with a video extension, preferring
-  ``<root>/<split>/``. Rows whose file is missing are counted and skipped (about 20 % of
-  VGGSound is gone from YouTube).
+  labels of a multi-label row, paths relative to the manifest), VGGSound's
+  ``youtube_id,start_seconds,label,split`` (an optional header row; integer or decimal start
+  times), or an AudioSet segment CSV (``# Segments csv`` comment lines, then rows
+  ``YTID, start_seconds, end_seconds, "mid1,mid2,..."``) with ``class_labels_indices.csv``
+  (``index,mid,display_name``) next to it or in the root. YouTube clips (VGGSound and AudioSet)
+  are looked up by stem anywhere below the root (two levels deep): ``<ytid>_<start:06d>``,
+  ``<ytid>_<start>``, ``<ytid>_<start:.1f>``, ``<ytid>_<start:.3f>``, ``<ytid>_<start*1000>``,
+  ``<ytid>_<start*1000>_<end*1000>``, ``<ytid>_<start:.3f>_<end:.3f>`` (end = start + 10 for
+  VGGSound) and, for AudioSet only, ``<ytid>`` alone; VGGSound with a video extension,
+  preferring ``<root>/<split>/``; AudioSet with a video extension, or an audio one (an
+  audio-only clip, kept with ``scan(require_video=False)``; a wav with the same stem as a video
+  is its audio file). Rows whose file is missing are counted and skipped (about 20 % of
+  VGGSound is gone from YouTube). AudioSet class ids are the ``index`` order of
+  ``class_labels_indices.csv`` (the official order, not re-sorted), the class names its
+  ``display_name``; every AudioSet row is multi-label (``data.multi_label=true`` is required)
+  and has no declared split (validation is held out of it as usual).
 
-Class ids index a sorted class list (case-insensitive order; ``classInd.txt`` order for UCF101),
+Class ids index a sorted class list (case-insensitive order; ``classInd.txt`` order for UCF101,
+``class_labels_indices.csv`` order for AudioSet),
 so they are the same on every machine whatever order the file system lists files in. Splits:
 the data set's own where it has one (official UCF101 lists, a ``split`` column); the validation
 set is otherwise held out from the training clips, by whole groups when clips have groups
@@ -57,6 +68,8 @@ SPLIT_NAMES = {
     "val": "val", "valid": "val", "validation": "val", "dev": "val",
     "test": "test", "eval": "test", "evaluation": "test",
 }  # fmt: skip
+AUDIOSET_LAYOUT = "csv (AudioSet segments)"  # ScanReport.layout of an AudioSet segment CSV
+AUDIOSET_CLASSES = "class_labels_indices.csv"
 PROBE_BYTES = 65536  # header probe of audio files
 POOL_THRESHOLD = 32  # probe serially below this many files (the demo): a pool costs more
 
@@ -231,11 +244,17 @@ def scan(
         cands, classes = _gather_csv(manifest, root, report)
     report.clips_found = len(cands)
     multi_label = cfg.multi_label
+    if report.layout == AUDIOSET_LAYOUT and not multi_label:
+        raise ValueError(
+            f"{manifest}: an AudioSet segment CSV is multi-label; set data.multi_label=true"
+        )
     if not multi_label and any(len(c.names) > 1 for c in cands):
         raise ValueError(
             f"{manifest or root}: some clips have several labels; set data.multi_label=true"
         )
     if require_video:
+        if report.layout == AUDIOSET_LAYOUT:  # audio-only segments: reported, not silently lost
+            report.unpaired_audio += [str(c.audio) for c in cands if c.video is None]
         cands = [c for c in cands if c.video is not None]
     cands = _probe_and_filter(cands, report, cfg, need_audio, workers)
     if not cands:
@@ -497,7 +516,8 @@ def _gather_csv(
 ) -> tuple[list[_Candidate], list[str]]:
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
+            lines = f.read().splitlines()
+        rows = [r for r in csv.reader(lines) if r and any(x.strip() for x in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{manifest}: cannot read the manifest ({e})") from None
     if not rows:
@@ -505,13 +525,75 @@ def _gather_csv(
     header = [h.strip().lower() for h in rows[0]]
     if "path" in header and "label" in header:
         return _gather_manifest(manifest, header, rows[1:], report)
-    if len(rows[0]) == 4 and rows[0][1].strip().isdigit():
-        base = root if root.is_dir() else manifest.parent
+    base = root if root.is_dir() else manifest.parent
+    if _is_audioset(lines):
+        report.layout = AUDIOSET_LAYOUT
+        return _gather_audioset(manifest, base, lines, report)
+    data = rows[1:] if rows[0] and not _is_number(rows[0][1] if len(rows[0]) > 1 else "") else rows
+    if data and len(data[0]) == 4 and _is_number(data[0][1]) and not _is_number(data[0][2]):
         return _gather_vggsound(manifest, base, rows, report)
     raise ValueError(
-        f"{manifest}: expected a header 'path,label[,audio][,split][,group]' or VGGSound rows "
-        f"'youtube_id,start_seconds,label,split', got {rows[0]}"
+        f"{manifest}: expected a header 'path,label[,audio][,split][,group]', VGGSound rows "
+        f"'youtube_id,start_seconds,label,split' or an AudioSet segment CSV "
+        f"'YTID, start_seconds, end_seconds, \"mids\"', got {rows[0]}"
     )
+
+
+def _is_number(value: str) -> bool:
+    try:
+        return np.isfinite(float(value.strip()))
+    except ValueError:
+        return False
+
+
+def _is_audioset(lines: list[str]) -> bool:
+    """An AudioSet segment CSV: its ``# Segments csv`` comment, or a first data row shaped
+    ``YTID, start, end, "mids"`` (two numbers, then quoted or /m/-style MIDs)."""
+    if any(ln.lstrip().lower().startswith("# segments csv") for ln in lines[:5]):
+        return True
+    data = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not data:
+        return False
+    row = next(csv.reader(data[:1], skipinitialspace=True))
+    return (
+        len(row) == 4
+        and _is_number(row[1])
+        and _is_number(row[2])
+        and all(m.strip().startswith("/") for m in row[3].split(","))
+    )
+
+
+def _youtube_stems(ytid: str, start: float, end: float, *, bare: bool) -> list[str]:
+    """File stems a downloaded YouTube segment may have (VGGSound and AudioSet)."""
+    ms, end_ms = round(start * 1000), round(end * 1000)
+    names = []
+    if start == int(start):
+        names += [f"{ytid}_{int(start):06d}", f"{ytid}_{int(start)}"]
+    names += [
+        f"{ytid}_{start:.1f}", f"{ytid}_{start:.3f}", f"{ytid}_{ms}", f"{ytid}_{ms}_{end_ms}",
+        f"{ytid}_{start:.3f}_{end:.3f}",
+    ]  # fmt: skip
+    if bare:
+        names.append(ytid)
+    return list(dict.fromkeys(names))
+
+
+def _youtube_key(ytid: str, start: float) -> str:
+    """The clip key: ``<ytid>_<start:06d>`` (``<ytid>_<start*1000>ms`` for a decimal start)."""
+    return f"{ytid}_{int(start):06d}" if start == int(start) else f"{ytid}_{round(start * 1000)}ms"
+
+
+def _stem_index(root: Path, exts: tuple[str, ...]) -> dict[str, list[Path]]:
+    stems: dict[str, list[Path]] = defaultdict(list)
+    for p in _media_files(root, exts, max_depth=2):
+        stems[p.stem].append(p)
+    return stems
+
+
+def _note_missing(report: ScanReport, rows: int) -> None:
+    if report.missing:
+        share = 100 * len(report.missing) / max(1, rows)
+        report.notes.append(f"{len(report.missing)} of {rows} rows ({share:.0f} %) have no file")
 
 
 def _parse_split(value: str, where: str) -> str | None:
@@ -567,37 +649,105 @@ def _gather_manifest(
 def _gather_vggsound(
     manifest: Path, root: Path, rows: list[list[str]], report: ScanReport
 ) -> tuple[list[_Candidate], list[str]]:
-    stems: dict[str, list[Path]] = defaultdict(list)
-    for p in _media_files(root, VIDEO_EXTS, max_depth=2):
-        stems[p.stem].append(p)
+    stems = _stem_index(root, VIDEO_EXTS)
     cands = []
     labels: list[str] = []  # of every row, missing files too: ids must not depend on downloads
+    if rows and len(rows[0]) > 1 and not _is_number(rows[0][1]):  # a header row
+        rows = [[], *rows[1:]]  # keep line numbers
     for lineno, row in enumerate(rows, 1):
+        if not row:
+            continue
         where = f"{manifest}:{lineno}"
-        if len(row) != 4 or not row[1].strip().isdigit():
+        if len(row) != 4 or not _is_number(row[1]):
             raise ValueError(f"{where}: expected 'youtube_id,start_seconds,label,split', got {row}")
-        ytid, start, label, split = row[0].strip(), int(row[1]), row[2].strip(), row[3]
+        ytid, start, label, split = row[0].strip(), float(row[1]), row[2].strip(), row[3]
         split_name = _parse_split(split, where)
         labels.append(label)
-        names = (
-            f"{ytid}_{start:06d}",
-            f"{ytid}_{start}",
-            f"{ytid}_{start * 1000}_{(start + 10) * 1000}",
-        )
+        names = _youtube_stems(ytid, start, start + 10, bare=False)
         found = [p for n in names for p in stems.get(n, [])]
+        key = _youtube_key(ytid, start)
         if not found:
-            report.missing.append(f"{ytid}_{start:06d}")
+            report.missing.append(key)
             continue
         preferred = [p for p in found if p.parent.name.lower() == split.strip().lower()]
         path = (preferred or found)[0]
-        key = f"{ytid}_{start:06d}"
         cands.append(_Candidate(path, None, (label,), key, split=split_name))
-    if report.missing:
-        share = 100 * len(report.missing) / max(1, len(rows))
-        report.notes.append(
-            f"{len(report.missing)} of {len(rows)} rows ({share:.0f} %) have no file"
-        )
+    _note_missing(report, sum(1 for r in rows if r))
     return cands, _class_sort(labels)
+
+
+def _find_audioset_classes(manifest: Path, root: Path) -> Path:
+    for folder in dict.fromkeys((manifest.parent, root, root / "metadata")):
+        if (folder / AUDIOSET_CLASSES).is_file():
+            return folder / AUDIOSET_CLASSES
+    raise ValueError(
+        f"{manifest}: AudioSet segment CSV without {AUDIOSET_CLASSES} (index,mid,display_name) "
+        f"next to it or in {root}"
+    )
+
+
+def _read_audioset_classes(path: Path) -> dict[str, tuple[int, str]]:
+    """mid -> (index, display_name) from ``class_labels_indices.csv`` (with its header)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f, skipinitialspace=True) if r and any(r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read the class list ({e})") from None
+    if rows and not rows[0][0].strip().isdigit():
+        rows = rows[1:]  # header: index,mid,display_name
+    out: dict[str, tuple[int, str]] = {}
+    for row in rows:
+        if len(row) != 3 or not row[0].strip().isdigit():
+            raise ValueError(f"{path}: expected rows 'index,mid,display_name', got {row}")
+        out[row[1].strip()] = (int(row[0]), row[2].strip())
+    indices = sorted(i for i, _ in out.values())
+    if indices != list(range(len(out))):
+        raise ValueError(f"{path}: indices must be 0..{len(out) - 1}, each once")
+    names = [n for _, n in out.values()]
+    if len(set(names)) != len(names):
+        dup = sorted(n for n, k in Counter(names).items() if k > 1)
+        raise ValueError(f"{path}: display names must be unique, {dup} repeat")
+    return out
+
+
+def _gather_audioset(
+    manifest: Path, root: Path, lines: list[str], report: ScanReport
+) -> tuple[list[_Candidate], list[str]]:
+    """AudioSet segments; classes in ``class_labels_indices.csv`` order, named by display name."""
+    classes_file = _find_audioset_classes(manifest, root)
+    by_mid = _read_audioset_classes(classes_file)
+    classes = [name for _, name in sorted(by_mid.values())]
+    videos = _stem_index(root, VIDEO_EXTS)
+    audios = _stem_index(root, AUDIO_EXTS)
+    cands = []
+    rows = 0
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        rows += 1
+        where = f"{manifest}:{lineno}"
+        row = next(csv.reader([line], skipinitialspace=True))
+        if len(row) != 4 or not _is_number(row[1]) or not _is_number(row[2]):
+            raise ValueError(f"{where}: expected 'YTID, start, end, \"mids\"', got {row}")
+        ytid, start, end = row[0].strip(), float(row[1]), float(row[2])
+        mids = [m.strip() for m in row[3].split(",") if m.strip()]
+        unknown = [m for m in mids if m not in by_mid]
+        if not mids or unknown:
+            raise ValueError(f"{where}: label(s) {unknown or row[3]!r} not in {classes_file}")
+        names = tuple(dict.fromkeys(by_mid[m][1] for m in mids))
+        stems = _youtube_stems(ytid, start, end, bare=True)
+        video = next((p for n in stems for p in videos.get(n, [])), None)
+        audio = next((p for n in stems for p in audios.get(n, [])), None)
+        key = _youtube_key(ytid, start)
+        if video is None and audio is None:
+            report.missing.append(key)
+            continue
+        cands.append(_Candidate(video, audio, names, key))
+    if rows == 0:
+        raise ValueError(f"{manifest}: no segment rows")
+    _note_missing(report, rows)
+    report.notes.append(f"classes: {classes_file} ({len(classes)}, official index order)")
+    return cands, classes
 
 
 # ---------------------------------------------------------------------------------------------
