@@ -118,3 +118,17 @@ def test_presets_cover_the_shipped_recipes():
     assert (paper.train.optimizer, paper.train.lr, paper.train.warmup_epochs) == ("sgd", 0.5, 2.5)
     assert paper.model.init == "vit_base_patch16_224.augreg_in21k"
     assert load_config("audioset").data.multi_label
+
+
+def test_predict_says_audio_is_ignored_by_a_video_only_model(demo_root, tmp_path, capsys):
+    run = tmp_path / "video_only"
+    args = ["train", "--config", "demo_video", "--data", str(demo_root), "--out", str(run)]
+    assert main([*args, *TINY, "train.epochs=1"]) == 0
+    capsys.readouterr()
+    video = sorted((demo_root / "video").rglob("*.mp4"))[0]
+    audio = sorted((demo_root / "audio").rglob("*.wav"))[0]
+    assert main(["predict", str(run), str(video), "--audio", str(audio)]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "no audio stream" in notes[0] and "--audio" in notes[0]
+    assert "(video, 2 views)" in out

@@ -4,6 +4,7 @@ The clip goes through the same front-end as evaluation (``AVDataset`` with ``tra
 ``data.test_clips`` temporal views x ``data.test_crops`` crops, logits averaged over views.
 The sound comes from ``--audio`` or else from the video's own track; a video without any sound
 is classified from the picture alone (the audio stream is not run), and the result says so.
+``--audio`` given to a video-only model is not used, and the result's note says so.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def predict(
         raise MediaError(f"{audio}: no such file")
     has_audio = audio is not None or probe_video(video).has_audio
     note = ""
+    if audio is not None and "audio" not in modalities:
+        note = f"--audio {audio} ignored: this model has no audio stream (video only)"
     if not has_audio:
         if modalities == ["audio"]:
             raise ValueError(f"{video}: no audio track, and this model is audio-only")
@@ -70,7 +73,7 @@ def predict(
     )  # fmt: skip
     ds = AVDataset(
         [clip], classes, cfg.model, cfg.data, train=False, views=cfg.data.test_clips,
-        multi_label=cfg.data.multi_label,
+        crops=cfg.data.test_crops, multi_label=cfg.data.multi_label,
     )  # fmt: skip
     item = ds[0]
     inputs = {}

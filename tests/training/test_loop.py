@@ -180,3 +180,169 @@ def test_ddp_step_matches_single_process(demo_cache, tmp_path):
     log = (tmp_path / "ddp" / "training_log.csv").read_text().splitlines()
     single = (tmp_path / "single" / "training_log.csv").read_text().splitlines()
     assert log[1].split(",")[3] == single[1].split(",")[3]  # same val_acc over the whole split
+
+
+# ---------------------------------------------------------------------------------------------
+# Model selection with a metric that cannot be computed, finished runs, empty batches / shards
+
+
+def test_map_on_single_label_data_is_a_config_error(demo_cache, tmp_path):
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.metric=map")
+    with pytest.raises(ValueError, match="train.metric=map"):
+        loop.train(cfg, None, tmp_path / "run")
+
+
+def test_nan_metric_selects_by_val_loss(demo_cache, tmp_path, monkeypatch, capsys):
+    # mAP of a val split with no positive for any class is NaN every epoch: the run warns once,
+    # writes best at epoch 1 and then selects / early-stops on the validation loss.
+    real, losses = loop.validate, iter([1.0, 0.5, 0.7, 0.9])
+
+    def nan_metric(*args, **kwargs):
+        return {**real(*args, **kwargs), "val_acc": float("nan"), "val_loss": next(losses)}
+
+    monkeypatch.setattr(loop, "validate", nan_metric)
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=4", "train.early_stopping=1")
+    s = loop.train(cfg, None, tmp_path / "run")
+    assert s["best_epoch"] == 2 and s["stopped_early"] and s["epochs_run"] == 3
+    assert load_state(tmp_path / "run" / "checkpoints" / "best")["epoch"] == 2
+    out = capsys.readouterr().out
+    assert out.count("val_acc is NaN") == 1 and "no val_loss improvement" in out
+
+
+def test_resume_of_a_finished_run_does_not_train(demo_cache, tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(
+        f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1", "train.lr=1e-12"
+    )
+    run = tmp_path / "run"
+    assert loop.train(cfg, None, run)["stopped_early"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(loop, "train_one_epoch", no_training)
+    capsys.readouterr()
+    s = loop.train(cfg, None, run, resume=True)
+    assert s["already_finished"] and s["stopped_early"] and s["epochs_run"] == 2
+    assert "already finished: it stopped early after epoch 2" in capsys.readouterr().out
+    # Epochs exhausted: the same, and it says how to go on.
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2", "train.early_stopping=0")
+    s = loop.train(cfg, None, run, resume=True)
+    assert s["already_finished"] and not s["stopped_early"]
+    assert "all 2 epochs are done" in capsys.readouterr().out
+    assert load_state(run / "checkpoints" / "last")["epoch"] == 2
+
+
+class _FailingFirst(torch.utils.data.Dataset):
+    """A data set whose items ``fail`` (call numbers, from 0) fail to decode (None)."""
+
+    def __init__(self, ds, fail: range) -> None:
+        self.ds, self.fail, self.calls = ds, fail, 0
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        return None if self.calls - 1 in self.fail else self.ds[i]
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["ds"], name)
+
+
+def _patch_splits(fail: range, val_clips: int | None = None) -> None:
+    real = loop.open_split
+
+    def open_split(cfg, split, index, *, train, views=1):
+        ds = real(cfg, split, index, train=train, views=views)
+        if split == "train":
+            return _FailingFirst(ds, fail)
+        if val_clips is not None:
+            return torch.utils.data.Subset(ds, range(val_clips))
+        return ds
+
+    loop.open_split = open_split
+
+
+def test_a_group_of_failed_batches_takes_no_optimizer_step(demo_cache, tmp_path, monkeypatch):
+    real_step, steps = loop._optimizer_step, []
+
+    def record(engine, *args, **kwargs):
+        grads = any(p.grad is not None for p in engine.model.parameters())
+        steps.append((grads, kwargs.get("take", args[0] if args else True)))
+        real_step(engine, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_optimizer_step", record)
+    monkeypatch.setattr(loop, "open_split", loop.open_split)
+    _patch_splits(range(8))  # the first accumulation group: 2 batches of 4 clips
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=1", "train.grad_accum=2")
+    s = loop.train(cfg, None, tmp_path / "run")
+    assert steps and all(grads for grads, take in steps if take)  # never a step without grads
+    assert steps[0] == (False, False)  # the empty group only advanced the schedule
+    assert load_state(tmp_path / "run" / "checkpoints" / "last")["step"] == len(steps)
+    assert s["epochs_run"] == 1
+
+
+_MODELS: list = []
+
+
+def _ddp_failing_worker(rank: int, world: int, port: int, overrides: list[str], out: str) -> None:
+    # Rank 1: its second (last) batch fails entirely; it ends the accumulation group whose first
+    # batch ran under no_sync. The val split has 1 clip, so rank 1 has none.
+    _patch_splits(range(4, 12) if rank == 1 else range(0), val_clips=1)
+    real_build = loop.build_model
+    loop.build_model = lambda cfg: _MODELS.append(real_build(cfg)) or _MODELS[-1]
+    _ddp_worker(rank, world, port, overrides, out)
+    torch.save(_MODELS[-1].state_dict(), Path(out) / f"rank{rank}.pt")
+
+
+def test_ddp_rank_with_failed_batch_and_no_val_clip_completes(demo_cache, tmp_path):
+    overrides = [
+        f"data.cache={demo_cache}", "train.epochs=1", "train.grad_accum=2",
+        "train.optimizer=sgd", "train.lr=0.1", "model.drop_path_rate=0.0",
+    ]  # fmt: skip
+    run = tmp_path / "ddp"
+    ctx = torch.multiprocessing.spawn(
+        _ddp_failing_worker, args=(2, _free_port(), overrides, str(run)), nprocs=2, join=False
+    )
+    import time
+
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "DDP run hung"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    state = load_state(run / "checkpoints" / "last")
+    assert state["epoch"] == 1
+    a, b = torch.load(run / "rank0.pt"), torch.load(run / "rank1.pt")
+    for k in a:  # the processes took the same steps: identical weights
+        assert torch.equal(a[k], b[k]), k
+    header, row = (run / "training_log.csv").read_text().splitlines()
+    assert row.split(",")[3] in ("0.000000", "1.000000")  # val_acc of the single val clip
+
+
+def test_collect_logits_on_a_process_without_clips(demo_cache, monkeypatch):
+    # The val split is smaller than the world size: this process's shard is empty.
+    cfg = tiny_config(f"data.cache={demo_cache}")
+    val = loop.open_split(cfg, "val", None, train=False)
+    cfg = loop.replace(cfg, model=loop.replace(cfg.model, num_classes=len(val.classes)))
+    model = loop.build_model(cfg)
+    dev = torch.device("cpu")
+    loader = loop.make_loader(torch.utils.data.Subset(val, range(3)), 4, None, 0, dev)
+    variants = {"fusion": {}, "video_only": {"audio": None}}
+    other = loop.collect_logits(model, loader, dev, variants=variants)  # the other process
+    parts = []
+
+    def gather(local):
+        parts.append(local)
+        return [(other[0], other[1], other[2]), local]
+
+    monkeypatch.setattr(loop.dist, "all_gather_objects", gather)
+    logits, labels, idx = loop.collect_logits(model, [], dev, variants=variants)
+    assert parts[0][0]["fusion"].shape == (0, len(val.classes))
+    for k in variants:
+        assert logits[k].equal(other[0][k]), k
+    assert labels.equal(other[1])
+    assert idx.tolist() == [0, 1, 2]

@@ -125,7 +125,7 @@ def evaluate_run(
         print(index.report.format())
     multi_label = cfg.data.multi_label
     views = cfg.data.test_clips
-    ds = open_split(cfg, split, index, train=False, views=views)
+    ds = open_split(cfg, split, index, train=False, views=views, crops=cfg.data.test_crops)
     where = cfg.data.cache or cfg.data.root
     if list(ds.classes) != classes:
         raise ValueError(

@@ -24,6 +24,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,13 @@ def scan_data(cfg: RunConfig):
     )  # fmt: skip
 
 
-def open_split(cfg: RunConfig, split: str, index, *, train: bool, views: int = 1) -> Dataset:
+def open_split(
+    cfg: RunConfig, split: str, index, *, train: bool, views: int = 1, crops: int | None = None
+) -> Dataset:
     """One split as an ``AVDataset`` (from ``data.cache`` when set, else decoded media).
+
+    ``views`` temporal views x ``crops`` spatial crops per clip (None: the data set's default,
+    i.e. ``data.test_crops`` only with several views; per-epoch validation stays one view).
 
     A clip that fails to decode is skipped (logged by the data set, dropped by the collate
     function), never replaced by a made-up item.
@@ -85,8 +91,8 @@ def open_split(cfg: RunConfig, split: str, index, *, train: bool, views: int = 1
     from mbt.data.cache import open_dataset
 
     return open_dataset(
-        cfg.data, cfg.model, split, train=train, views=views, seed=cfg.train.seed,
-        on_error="skip", index=index,
+        cfg.data, cfg.model, split, train=train, views=views, crops=crops,
+        seed=cfg.train.seed, on_error="skip", index=index,
     )  # fmt: skip
 
 
@@ -221,6 +227,15 @@ class Engine:
 def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStats:
     """One pass over ``loader``: forward, loss, backward, (accumulated) optimizer steps.
 
+    A batch whose every clip failed to decode (collate gives None) is skipped. Under DDP every
+    process must issue the same collectives, so the processes agree on each step (an all-reduce
+    of a "batch ok" flag): when any process has no batch, all of them skip that step (the other
+    processes' clips of that step count as skipped). An accumulation group without a single
+    backward pass takes no optimizer / GradScaler step (the schedule still advances by one step,
+    so the learning rate stays a function of the epoch); when the group's last batch was skipped
+    after earlier ones ran under ``no_sync``, the accumulated gradients are averaged over the
+    processes by hand before the step.
+
     Raises:
         NonFiniteLossError: the loss of a batch is NaN or infinite (on any process).
     """
@@ -243,14 +258,19 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
         leave=False,
     )
     engine.optimizer.zero_grad(set_to_none=True)
+    group_backward, group_synced = False, False  # any backward in this group; was it all-reduced
     for i, batch in enumerate(loader):
         # The accumulation group this batch belongs to, and its size (the last may be short).
         group_start = (i // accum) * accum
         group_size = min(accum, n_batches - group_start)
         last_in_group = i == group_start + group_size - 1
-        if batch is None:  # every clip of the batch failed to decode (reported by the data set)
+        # None: every clip of the batch failed to decode (reported by the data set).
+        if not _all_have_batch(batch is not None, info):
             if last_in_group:
-                _optimizer_step(engine)
+                if group_backward and info.distributed and not group_synced:
+                    _average_gradients(engine.model, info.world_size)
+                _optimizer_step(engine, take=group_backward)
+                group_backward, group_synced = False, False
             continue
         inputs = model_inputs(batch, modalities, device)
         targets = soft_targets(batch["label"], num_classes, engine.multi_label).to(device)
@@ -268,11 +288,13 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
             loss = training_loss(per, targets, engine.multi_label, tc.per_modality_loss)
             _check_finite(loss, epoch, engine.step)
             engine.scaler.scale(loss / group_size).backward()
+        group_backward, group_synced = True, sync
         b = targets.shape[0]
         total_loss += loss.detach().double().cpu() * b
         total_clips += b
         if last_in_group:
             _optimizer_step(engine)
+            group_backward, group_synced = False, False
         bar.update(b * info.world_size)
         if i % max(1, tc.log_every) == 0 or i == n_batches - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{_lr(engine):.2e}")
@@ -305,15 +327,38 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
         )
 
 
-def _optimizer_step(engine: Engine) -> None:
+def _all_have_batch(ok: bool, info: dist.DistInfo) -> bool:
+    """Whether every process has a batch for this step (``ok`` itself in a single process)."""
+    if not info.distributed:
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0])
+    return dist.all_reduce_sum(flag).item() == info.world_size
+
+
+def _average_gradients(model: nn.Module, world_size: int) -> None:
+    """Average the gradients over the processes, as DDP's synchronising backward would."""
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce_sum(p.grad)
+            p.grad /= world_size
+
+
+def _optimizer_step(engine: Engine, take: bool = True) -> None:
+    """The optimizer (and GradScaler) step of an accumulation group, then the schedule's step.
+
+    ``take=False`` (the group had no backward pass: no gradients) only advances the schedule.
+    """
     tc = engine.cfg.train
-    if tc.grad_clip > 0:
-        engine.scaler.unscale_(engine.optimizer)
-        torch.nn.utils.clip_grad_norm_(engine.model.parameters(), tc.grad_clip)
-    engine.scaler.step(engine.optimizer)
-    engine.scaler.update()
+    if take:
+        if tc.grad_clip > 0:
+            engine.scaler.unscale_(engine.optimizer)
+            torch.nn.utils.clip_grad_norm_(engine.model.parameters(), tc.grad_clip)
+        engine.scaler.step(engine.optimizer)
+        engine.scaler.update()
     engine.optimizer.zero_grad(set_to_none=True)
-    engine.scheduler.step()
+    with warnings.catch_warnings():  # a skipped first step: "lr_scheduler.step() before ..."
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        engine.scheduler.step()
     engine.step += 1
 
 
@@ -348,6 +393,15 @@ def collect_logits(
     """
     variants = variants or {"fusion": {}}
     modalities = model.cfg.modalities
+    # A variant that leaves the model no input is skipped (decided up front, so a process with
+    # no clips at all, e.g. a val split smaller than the world size, agrees with the others).
+    variants = {
+        k: kw
+        for k, kw in variants.items()
+        if not all(
+            {**dict.fromkeys(modalities, True), **kw}.get(m) is None for m in ("video", "audio")
+        )
+    }
     model.eval()
     out: dict[str, list[torch.Tensor]] = {k: [] for k in variants}
     targets, indices = [], []
@@ -362,25 +416,25 @@ def collect_logits(
             inputs = {m: x.flatten(0, 1) for m, x in inputs.items()}
         for name, kwargs in variants.items():
             args = {**inputs, **kwargs}
-            if all(args.get(m) is None for m in ("video", "audio")):
-                continue
             with autocast(device, precision):
                 logits = model(**args).float()  # (B * V, C)
             out[name].append(logits.view(b, -1, logits.shape[-1]).mean(1).cpu())  # (B, C)
         targets.append(batch["label"])
         indices.append(torch.as_tensor(batch["index"]))
-    local = (
-        {k: torch.cat(v) if v else None for k, v in out.items()},
-        torch.cat(targets) if targets else torch.empty(0),
+    num_classes = model.cfg.num_classes
+    local = (  # a process without clips sends (0, C) logits and no targets
+        {k: torch.cat(v) if v else torch.empty(0, num_classes) for k, v in out.items()},
+        torch.cat(targets) if targets else None,
         torch.cat(indices) if indices else torch.empty(0, dtype=torch.long),
     )
     parts = dist.all_gather_objects(local)
     idx = torch.cat([p[2] for p in parts])
     order = torch.argsort(idx)
-    logits = {
-        k: torch.cat([p[0][k] for p in parts])[order] for k in variants if local[0][k] is not None
-    }
-    return logits, torch.cat([p[1] for p in parts])[order], idx[order]
+    logits = {k: torch.cat([p[0][k] for p in parts])[order] for k in variants}
+    labels = [p[1] for p in parts if p[1] is not None]
+    if not labels:
+        raise ValueError("no clip could be evaluated (every clip failed to decode)")
+    return logits, torch.cat(labels)[order], idx[order]
 
 
 def validate(engine: Engine, loader: DataLoader, epoch: int) -> dict[str, float]:
@@ -490,9 +544,20 @@ def train(
         out: run directory.
         resume: continue from ``out/checkpoints/last`` exactly where it stopped.
 
+    Model selection: ``checkpoints/best`` is the epoch with the highest validation metric
+    (``train.metric``); the first epoch always counts as an improvement. ``train.metric=map`` on
+    single-label data is a configuration mistake and raises a ValueError up front. When the
+    metric cannot be computed from the data (NaN: mAP with no validation clip positive for any
+    class), a warning is printed once and the run selects (and early-stops) on the validation
+    loss instead (lower is better).
+
+    Resuming a run that has already finished (its epochs are done, or it stopped early) says so
+    and returns its summary without training.
+
     Returns:
         Summary: ``best_metric``, ``best_epoch``, ``metric``, ``epochs_run``, ``stopped_early``,
-        ``last_val`` (metrics of the last epoch), ``time_s``, ``clips_per_s``, ``run_dir``.
+        ``last_val`` (metrics of the last epoch), ``time_s``, ``clips_per_s``, ``run_dir``
+        (``already_finished`` when a resumed run had nothing left to do).
 
     Raises:
         ValueError: bad configuration or data.
@@ -536,6 +601,11 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
         raise ValueError(f"{cfg.data.cache or cfg.data.root}: the training split is empty")
     if len(val_ds) == 0:
         raise ValueError(f"{cfg.data.cache or cfg.data.root}: the validation split is empty")
+    if tc.metric == "map" and not multi_label:
+        raise ValueError(
+            "train.metric=map needs multi-label data; this data set is single-label "
+            "(use train.metric=accuracy or auto)"
+        )
     cfg = replace(
         cfg,
         model=replace(cfg.model, num_classes=len(classes)),
@@ -574,6 +644,7 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
 
     # -- state -----------------------------------------------------------------------------
     start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, 0, 0
+    best_loss = math.inf  # the val loss of the best epoch: the fallback when the metric is NaN
     log_path = out / "training_log.csv"
     rows: list[dict[str, Any]] = []
     if resume:
@@ -588,6 +659,7 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
             state["best_epoch"],
             state["bad_epochs"],
         )
+        best_loss = state.get("best_val_loss", math.inf)
         ckpt.set_rng_state(state["rng"])
         rows = [r for r in _read_log(log_path) if int(r["epoch"]) <= start_epoch]
     if info.is_main:
@@ -601,14 +673,28 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
             f"{len(classes)} classes | device {info.device} x{info.world_size} | "
             f"effective batch {eff} | {steps_per_epoch} steps/epoch | run dir {out}"
         )
-        if resume:
+    finished = resume and (
+        start_epoch >= tc.epochs or (tc.early_stopping > 0 and bad_epochs >= tc.early_stopping)
+    )
+    if info.is_main and resume:
+        if finished:
+            why = (
+                f"it stopped early after epoch {start_epoch} (no improvement for {bad_epochs} "
+                f"epochs, train.early_stopping={tc.early_stopping})"
+                if start_epoch < tc.epochs
+                else f"all {tc.epochs} epochs are done (raise train.epochs to train on)"
+            )
+            print(f"{out}: the run has already finished: {why}; nothing to train")
+        else:
             print(f"resuming after epoch {start_epoch} (step {engine.step})")
 
     # -- epochs ----------------------------------------------------------------------------
     run_start = time.perf_counter()
     stopped_early, val, clips_seen, train_seconds = False, {}, 0, 0.0
+    stopped_early = bool(finished) and start_epoch < tc.epochs
+    nan_warned = False
     epoch = start_epoch
-    for epoch in range(start_epoch, tc.epochs):
+    for epoch in range(start_epoch, tc.epochs if not finished else start_epoch):
         sampler.set_epoch(epoch)
         if hasattr(train_ds, "set_epoch"):
             train_ds.set_epoch(epoch)
@@ -634,9 +720,22 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
             "clips_per_s": f"{stats.clips / max(stats.seconds, 1e-9):.1f}",
         }
         rows.append(row)
-        improved = val[metric] > best
+        by_loss = math.isnan(val[metric])  # cannot be computed from this data
+        if by_loss and not nan_warned and info.is_main:
+            tqdm.write(
+                f"warning: {metric} is NaN (no validation clip is positive for any class); "
+                "selecting the best epoch by val_loss instead"
+            )
+        nan_warned = nan_warned or by_loss
+        if best_epoch == 0:
+            improved = True
+        elif by_loss:
+            improved = val["val_loss"] < best_loss
+        else:
+            improved = val[metric] > best or math.isnan(best)
         if improved:
             best, best_epoch, bad_epochs = val[metric], epoch + 1, 0
+            best_loss = val["val_loss"]
         else:
             bad_epochs += 1
         stop = tc.early_stopping > 0 and bad_epochs >= tc.early_stopping
@@ -650,6 +749,7 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
                 "rng": ckpt.rng_state(),
                 "best_metric": best,
                 "best_epoch": best_epoch,
+                "best_val_loss": best_loss,
                 "bad_epochs": bad_epochs,
                 "metric": metric,
                 "config": to_dict(cfg),
@@ -671,7 +771,8 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
         if stop:
             stopped_early = True
             if info.is_main:
-                print(f"early stopping: no {metric} improvement for {bad_epochs} epochs")
+                what = "val_loss" if nan_warned else metric
+                print(f"early stopping: no {what} improvement for {bad_epochs} epochs")
             break
 
     summary = {
@@ -686,6 +787,7 @@ def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -
         "clips_per_s": clips_seen / max(train_seconds, 1e-9),
         "num_classes": len(classes),
         "multi_label": multi_label,
+        "already_finished": bool(finished),
     }
     if info.is_main:
         print(
