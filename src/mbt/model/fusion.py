@@ -19,6 +19,11 @@ Tokens = dict[str, torch.Tensor]
 ORDER = ("video", "audio")  # concatenation order of the official code (rgb, spectrogram)
 
 
+def _each(blocks: nn.ModuleDict, x: Tokens) -> Tokens:
+    """Every present stream through its own block, alone."""
+    return {m: blocks[m](t) for m, t in x.items()}
+
+
 class Separate(nn.Module):
     """Each stream runs its own block on its own tokens: no information crosses."""
 
@@ -27,7 +32,7 @@ class Separate(nn.Module):
         self.blocks = nn.ModuleDict(blocks)
 
     def forward(self, x: Tokens, z: torch.Tensor | None, fuse: bool = True):
-        return {m: self.blocks[m](t) for m, t in x.items()}, z
+        return _each(self.blocks, x), z
 
 
 class SharedSeparate(nn.Module):
@@ -53,7 +58,7 @@ class BottleneckFusion(nn.Module):
 
     def forward(self, x: Tokens, z: torch.Tensor | None, fuse: bool = True):
         if not fuse:
-            return {m: self.blocks[m](t) for m, t in x.items()}, z
+            return _each(self.blocks, x), z
         out, zs = {}, []
         for m, t in x.items():
             n = t.shape[1]
@@ -72,7 +77,7 @@ class VanillaFusion(nn.Module):
 
     def forward(self, x: Tokens, z: torch.Tensor | None, fuse: bool = True):
         if not fuse:
-            return {m: self.blocks[m](t) for m, t in x.items()}, z
+            return _each(self.blocks, x), z
         out = {}
         for m, t in x.items():
             context = [x[o] for o in ORDER if o != m and o in x]
