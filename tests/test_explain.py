@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from mbt.config import model_preset
+from mbt.data.video import MediaError
 from mbt.explain import bottleneck_attention, explain_clip, plot_attention
 from mbt.model import MBT
 from tests.data.media import sine, write_video
@@ -104,3 +107,20 @@ def test_plots_and_file_level_command(tmp_path):
     assert result["prediction"] in {"a", "b", "c"}
     assert len(result["files"]) == 2
     assert abs(sum(result["probabilities"]) - 1) < 1e-5
+
+
+def test_only_a_file_without_an_audio_stream_means_no_sound(tmp_path):
+    model = _model()
+    model.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (40, 48, 64, 3), dtype=np.uint8)
+    silent = write_video(tmp_path / "silent.mp4", frames, 25)  # no audio stream at all
+    result = explain_clip(tmp_path / "model", silent, out_dir=tmp_path / "silent")
+    assert [Path(f).name for f in result["files"]] == ["video_attention.png"]
+
+    # A sound file that exists but cannot be decoded is an error, never silence.
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4)
+    with pytest.raises(MediaError, match="corrupt.wav"):
+        explain_clip(tmp_path / "model", silent, audio=corrupt, out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
