@@ -179,3 +179,14 @@ def test_the_model_package_imports_neither_data_nor_training():
                 continue
             for name in names:
                 assert not name.startswith(("mbt.data", "mbt.training")), f"{path.name}: {name}"
+
+
+def test_a_missing_path_under_a_local_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("asked the Hub for a local path")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="runs/typo: neither a model directory"):
+        load_model("runs/typo")

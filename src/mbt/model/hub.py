@@ -249,9 +249,13 @@ class LoadedModel:
 
 
 def _is_hub_id(source: str | Path) -> bool:
+    """``org/name`` that is not a local path. A path whose first part exists here (``runs/x``
+    with a ``runs`` folder) is local even when missing: a typo, not a Hub repository."""
     text = str(source)
+    path = Path(text).expanduser()
     return (
-        not Path(text).expanduser().exists()
+        not path.exists()
+        and not path.parent.exists()
         and not text.startswith((".", "/", "~"))
         and text.count("/") == 1
     )
