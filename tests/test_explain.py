@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from mbt.config import model_preset
+from mbt.cli import main
+from mbt.config import RunConfig, model_preset, save_config
+from mbt.data.video import MediaError
 from mbt.explain import bottleneck_attention, explain_clip, plot_attention
 from mbt.model import MBT
+from mbt.training.checkpoint import save_checkpoint
 from tests.data.media import sine, write_video
 
 
@@ -104,3 +109,35 @@ def test_plots_and_file_level_command(tmp_path):
     assert result["prediction"] in {"a", "b", "c"}
     assert len(result["files"]) == 2
     assert abs(sum(result["probabilities"]) - 1) < 1e-5
+
+
+def test_only_a_file_without_an_audio_stream_means_no_sound(tmp_path):
+    model = _model()
+    model.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (40, 48, 64, 3), dtype=np.uint8)
+    silent = write_video(tmp_path / "silent.mp4", frames, 25)  # no audio stream at all
+    result = explain_clip(tmp_path / "model", silent, out_dir=tmp_path / "silent")
+    assert [Path(f).name for f in result["files"]] == ["video_attention.png"]
+
+    # A sound file that exists but cannot be decoded is an error, never silence.
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4)
+    with pytest.raises(MediaError, match="corrupt.wav"):
+        explain_clip(tmp_path / "model", silent, audio=corrupt, out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_explains_a_run_directory(tmp_path, capsys):
+    model = _model()
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "last", model, {"epoch": 1, "classes": ["a", "b", "c"]})
+    save_config(RunConfig(model=model.cfg), run / "config.yaml")
+    frames = np.random.default_rng(0).integers(0, 255, (40, 48, 64, 3), dtype=np.uint8)
+    clip = write_video(tmp_path / "clip.mp4", frames, 25, audio=sine(440, 1.6, 16000))
+    args = ["explain", str(run), str(clip), "--checkpoint", "last", "--out", str(tmp_path / "x")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.split(" | ")[0] in {"predicted: a", "predicted: b", "predicted: c"}
+    assert (tmp_path / "x" / "video_attention.png").is_file()
+    assert (tmp_path / "x" / "audio_attention.png").is_file()

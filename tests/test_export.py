@@ -8,9 +8,11 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from mbt.cli import main  # noqa: E402
 from mbt.config import model_preset  # noqa: E402
 from mbt.export import check_onnx, export_from_source, export_onnx  # noqa: E402
 from mbt.model import MBT  # noqa: E402
+from mbt.training.checkpoint import save_checkpoint  # noqa: E402
 
 
 def _model(**changes) -> MBT:
@@ -39,3 +41,13 @@ def test_audio_only_model_exports(tmp_path):
     model = _model(modalities=("audio",), audio_dist_token=True)
     path = export_onnx(model, tmp_path / "audio.onnx", opset=17)
     assert check_onnx(model, path, batch=2) < 1e-4
+
+
+def test_cli_exports_a_training_checkpoint_folder(tmp_path, capsys):
+    model = _model()
+    best = save_checkpoint(tmp_path / "run" / "checkpoints" / "best", model, {"epoch": 1})
+    out = tmp_path / "best.onnx"
+    assert main(["export", "onnx", str(best), str(out), "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "max |onnxruntime - torch|" in printed
+    assert check_onnx(model, out, batch=2) < 1e-4

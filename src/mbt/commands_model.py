@@ -2,7 +2,10 @@
 
 Each handler parses nothing itself and calls an importable function
 (:func:`mbt.model.scenic.convert_scenic`, :func:`mbt.model.ast.convert_ast`,
-:func:`mbt.export.export_from_source`, :func:`mbt.explain.explain_clip`).
+:func:`mbt.export.export_onnx`, :func:`mbt.explain.explain_clip`); every model source goes
+through :func:`mbt.model.hub.load_model`. The command modules are imported inside the handlers:
+they pull in matplotlib (explain) and msgpack (scenic), which parsing the command line and the
+other commands do not need.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from mbt.model.hub import load_model
 
 
 def _auto_int(text: str) -> int | None:
@@ -71,9 +76,8 @@ def _cmd_convert_ast(args: argparse.Namespace) -> int:
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from mbt.export import check_onnx, export_onnx
-    from mbt.model import MBT
 
-    model = MBT.from_pretrained(args.source)
+    model = load_model(args.source, args.checkpoint).model
     path = export_onnx(model, args.out, opset=args.opset)
     msg = f"wrote {path}"
     if args.check:
@@ -85,15 +89,27 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from mbt.explain import explain_clip
 
-    result = explain_clip(args.source, args.video, args.audio, args.out, per_layer=args.per_layer)
+    result = explain_clip(
+        args.source, args.video, args.audio, args.out, per_layer=args.per_layer,
+        checkpoint=args.checkpoint,
+    )  # fmt: skip
     print(f"predicted: {result['prediction']} | fusion layers {result['layers']}")
     for f in result["files"]:
         print(f"  {f}")
     return 0
 
 
+SOURCE_HELP = "run directory, checkpoint or model folder (save_pretrained / convert), or Hub id"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``convert``, ``export`` and ``explain`` to the ``mbt`` parser."""
+    _register_convert(sub)
+    _register_export(sub)
+    _register_explain(sub)
+
+
+def _register_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert", help="convert official MBT (scenic) or AST weights",
         description="Convert foreign checkpoints into a model directory (config.json + "
@@ -137,26 +153,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--num-heads", type=int, default=None, help=".pth only: default width / 64")
     a.set_defaults(func=_cmd_convert_ast)
 
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model (ONNX)")
     kinds = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     o = kinds.add_parser(
         "onnx", help="ONNX with a dynamic batch axis",
         description="Inputs video (B, T, 3, H, W) and audio (B, T_a, F), output logits (B, C).",
     )  # fmt: skip
-    o.add_argument("source", help="run directory, model directory or Hub id")
+    o.add_argument("source", help=SOURCE_HELP)
     o.add_argument("out", help="output .onnx file")
+    o.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint of a run directory")  # fmt: skip
     o.add_argument("--opset", type=int, default=17)
     o.add_argument("--check", action="store_true", help="compare with onnxruntime")
     o.set_defaults(func=_cmd_export_onnx)
 
+
+def _register_explain(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "explain", help="bottleneck attention figures for one clip",
         description="Where the bottleneck tokens attend at the fusion layers: heat maps over "
         "the sampled frames and over the spectrogram (heads averaged).",
     )  # fmt: skip
-    e.add_argument("source", help="run directory, model directory or Hub id")
+    e.add_argument("source", help=SOURCE_HELP)
     e.add_argument("video", help="video file")
     e.add_argument("--audio", help="audio file to use instead of the video's own track")
     e.add_argument("--out", default="explain", help="folder for the PNG files")
     e.add_argument("--per-layer", action="store_true", help="one figure per fusion layer too")
+    e.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint of a run directory")  # fmt: skip
     e.set_defaults(func=_cmd_explain)

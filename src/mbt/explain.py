@@ -18,8 +18,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure  # not pyplot: leaves the caller's backend alone
 
+from mbt.config import DataConfig, ModelConfig
+from mbt.data.audio import NoAudioError, load_audio, log_mel, normalize_fbank
+from mbt.data.dataset import audio_window_start, resolve_short_side
+from mbt.data.transforms import NORMALIZATIONS, VideoTransform
+from mbt.data.video import probe_video, read_frames, sample_times, window_span
 from mbt.model.fusion import BottleneckFusion
+from mbt.model.hub import load_model
 
 
 def _attention_rows(attn: torch.nn.Module, x: torch.Tensor, n_queries: int) -> torch.Tensor:
@@ -53,6 +60,24 @@ def bottleneck_attention(
     Raises:
         ValueError: the model has no bottleneck fusion layers.
     """
+    layers = _fusion_layers(model)
+    logits, captured = _capture_attention_inputs(model, layers, video, audio)
+    n_b = model.cfg.num_bottleneck_tokens
+    weights: dict[str, torch.Tensor] = {}
+    maps: dict[str, torch.Tensor] = {}
+    for m in model.cfg.modalities:
+        if (layers[0], m) not in captured:
+            continue  # modality not given
+        rows = [
+            _attention_rows(model.layers[i].blocks[m].attn, captured[(i, m)], n_b) for i in layers
+        ]
+        weights[m] = torch.stack(rows)  # (L, B, h, N_b, P + N_m + N_b)
+        maps[m] = _patch_map(model.embed[m], weights[m])  # (L, B, *grid)
+    return {"layers": layers, "logits": logits, "weights": weights, "maps": maps}
+
+
+def _fusion_layers(model: torch.nn.Module) -> list[int]:
+    """Indices of the bottleneck-fusion layers; a ValueError when there are none."""
     layers = [i for i, layer in enumerate(model.layers) if isinstance(layer, BottleneckFusion)]
     if not layers:
         raise ValueError(
@@ -60,7 +85,17 @@ def bottleneck_attention(
             f"fusion_layer < depth); this model is fusion={model.cfg.fusion!r} with "
             f"modalities {list(model.cfg.modalities)}"
         )
-    n_b = model.cfg.num_bottleneck_tokens
+    return layers
+
+
+def _capture_attention_inputs(
+    model: torch.nn.Module,
+    layers: list[int],
+    video: torch.Tensor | None,
+    audio: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[tuple[int, str], torch.Tensor]]:
+    """Run the fused forward in eval mode; return its logits (B, C) and, per (layer, modality),
+    the normed input of that block's attention (B, N_m + N_b, D)."""
     captured: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
     for i in layers:
@@ -78,20 +113,15 @@ def bottleneck_attention(
         for h in handles:
             h.remove()
         model.train(was_training)
-    weights: dict[str, torch.Tensor] = {}
-    maps: dict[str, torch.Tensor] = {}
-    for m in model.cfg.modalities:
-        if (layers[0], m) not in captured:
-            continue  # modality not given
-        rows = [
-            _attention_rows(model.layers[i].blocks[m].attn, captured[(i, m)], n_b) for i in layers
-        ]
-        weights[m] = torch.stack(rows)  # (L, B, h, N_b, P + N_m + N_b)
-        embed = model.embed[m]
-        p, n = embed.prefix.num_prefix, embed.num_tokens
-        patch = weights[m][..., p : p + n].mean(dim=(2, 3))  # (L, B, N_m)
-        maps[m] = patch.reshape(*patch.shape[:2], *embed.grid)  # (L, B, *grid)
-    return {"layers": layers, "logits": logits, "weights": weights, "maps": maps}
+    return logits, captured
+
+
+def _patch_map(embed: torch.nn.Module, weights: torch.Tensor) -> torch.Tensor:
+    """(L, B, h, N_b, P + N_m + N_b) rows -> (L, B, *grid): weight on each patch token,
+    averaged over heads and bottleneck queries."""
+    p, n = embed.prefix.num_prefix, embed.num_tokens
+    patch = weights[..., p : p + n].mean(dim=(2, 3))  # (L, B, N_m)
+    return patch.reshape(*patch.shape[:2], *embed.grid)  # (L, B, *grid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +161,6 @@ def plot_attention(
     Returns:
         The written files: ``video_attention[_layer<l>].png``, ``audio_attention[...].png``.
     """
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     views = [("", slice(None))]
@@ -142,44 +170,59 @@ def plot_attention(
     for suffix, sel in views:
         label = f"{title} bottleneck attention, fusion layers {result['layers'][sel]}".strip()
         if "video" in result["maps"]:
-            att = result["maps"]["video"][sel, index].mean(0)  # (T', H', W')
-            n = frames.shape[0] if frames is not None else att.shape[0] * tubelet
-            fig = Figure(figsize=(2 * n, 2.3))
-            axes = fig.subplots(1, n, squeeze=False)
-            for t, ax in enumerate(axes[0]):
-                size = frames.shape[1:3] if frames is not None else att.shape[1:]
-                heat = _upsample(att[min(t // tubelet, att.shape[0] - 1)], tuple(size))
-                if frames is not None:
-                    ax.imshow(frames[t].clamp(0, 1).numpy())
-                    ax.imshow(heat.numpy(), cmap="jet", alpha=0.45)
-                else:
-                    ax.imshow(heat.numpy(), cmap="jet")
-                ax.set_axis_off()
-                ax.set_title(f"frame {t}", fontsize=8)
-            fig.suptitle(label, fontsize=9)
-            path = out / f"video_attention{suffix}.png"
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            written.append(path)
+            att = result["maps"]["video"][sel, index].mean(0)  # (T', H', W'): layers averaged
+            fig = _video_figure(att, frames, tubelet, label)
+            written.append(_save(fig, out / f"video_attention{suffix}.png"))
         if "audio" in result["maps"]:
-            att = result["maps"]["audio"][sel, index].mean(0)  # (t, f)
-            fig = Figure(figsize=(7, 3))
-            ax = fig.subplots()
-            if spectrogram is not None:
-                size = tuple(spectrogram.shape)  # (T_a, F)
-                ax.imshow(spectrogram.T.numpy(), origin="lower", aspect="auto", cmap="gray")
-                ax.imshow(_upsample(att, size).T.numpy(), origin="lower", aspect="auto",
-                          cmap="jet", alpha=0.45)  # fmt: skip
-                ax.set_xlabel("time frame (10 ms)")
-                ax.set_ylabel("mel bin")
-            else:
-                ax.imshow(att.T.numpy(), origin="lower", aspect="auto", cmap="jet")
-                ax.set_xlabel("time patch")
-                ax.set_ylabel("frequency patch")
-            ax.set_title(label, fontsize=9)
-            path = out / f"audio_attention{suffix}.png"
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            written.append(path)
+            att = result["maps"]["audio"][sel, index].mean(0)  # (t, f): layers averaged
+            fig = _audio_figure(att, spectrogram, label)
+            written.append(_save(fig, out / f"audio_attention{suffix}.png"))
     return written
+
+
+def _video_figure(
+    att: torch.Tensor, frames: torch.Tensor | None, tubelet: int, label: str
+) -> Figure:
+    """One panel per frame: the (T', H', W') map of its tubelet over the frame (or alone)."""
+    n = frames.shape[0] if frames is not None else att.shape[0] * tubelet
+    fig = Figure(figsize=(2 * n, 2.3))
+    axes = fig.subplots(1, n, squeeze=False)
+    for t, ax in enumerate(axes[0]):
+        size = frames.shape[1:3] if frames is not None else att.shape[1:]
+        heat = _upsample(att[min(t // tubelet, att.shape[0] - 1)], tuple(size))  # (H, W)
+        if frames is not None:
+            ax.imshow(frames[t].clamp(0, 1).numpy())
+            ax.imshow(heat.numpy(), cmap="jet", alpha=0.45)
+        else:
+            ax.imshow(heat.numpy(), cmap="jet")
+        ax.set_axis_off()
+        ax.set_title(f"frame {t}", fontsize=8)
+    fig.suptitle(label, fontsize=9)
+    return fig
+
+
+def _audio_figure(att: torch.Tensor, spectrogram: torch.Tensor | None, label: str) -> Figure:
+    """The (t, f) map over the (T_a, F) log-mel (time across, mel bins up), or alone."""
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
+    if spectrogram is not None:
+        size = tuple(spectrogram.shape)  # (T_a, F)
+        ax.imshow(spectrogram.T.numpy(), origin="lower", aspect="auto", cmap="gray")
+        ax.imshow(_upsample(att, size).T.numpy(), origin="lower", aspect="auto",
+                  cmap="jet", alpha=0.45)  # fmt: skip
+        ax.set_xlabel("time frame (10 ms)")
+        ax.set_ylabel("mel bin")
+    else:
+        ax.imshow(att.T.numpy(), origin="lower", aspect="auto", cmap="jet")
+        ax.set_xlabel("time patch")
+        ax.set_ylabel("frequency patch")
+    ax.set_title(label, fontsize=9)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,43 +230,31 @@ def plot_attention(
 
 
 def clip_inputs(
-    model_cfg, data_cfg, video_path: str | Path, audio_path: str | Path | None = None
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    video_path: str | Path,
+    audio_path: str | Path | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """Decode one clip as evaluation does (one centred view, centre crop).
 
     Returns:
         ``video`` (1, T, 3, S, S) and ``audio`` (1, T_a, F) model inputs (``audio`` None when
-        the clip has no sound), ``frames`` (T, S, S, 3) in [0, 1] and ``fbank`` (T_a, F), the
-        un-normalised pictures to draw.
-    """
-    from mbt.data.audio import load_audio, log_mel, normalize_fbank
-    from mbt.data.dataset import audio_window_start, resolve_short_side
-    from mbt.data.transforms import NORMALIZATIONS, VideoTransform
-    from mbt.data.video import MediaError, probe_video, read_frames, sample_times, window_span
+        the file has no audio stream), ``frames`` (T, S, S, 3) in [0, 1] and ``fbank``
+        (T_a, F), the un-normalised pictures to draw.
 
+    Raises:
+        MediaError: a file that cannot be decoded (a corrupt sound file is an error, not
+            silence: only a file without any audio stream counts as "no sound").
+    """
     out: dict[str, torch.Tensor | None] = {"video": None, "audio": None, "frames": None}
     centre = None
     if "video" in model_cfg.modalities:
-        info = probe_video(video_path)
-        kw = dict(mode=data_cfg.sampling, fps=info.fps, stride=data_cfg.frame_stride, train=False)
-        span = window_span(info.duration, model_cfg.num_frames, **kw)
-        if data_cfg.sampling == "window":
-            centre = 0.5 * (span[0] + span[1])
-        times = sample_times(info.duration, model_cfg.num_frames, span=span, **kw)
-        short = resolve_short_side(model_cfg, data_cfg)
-        frames = read_frames(video_path, times, short_side=short)  # (T, H, W, 3) uint8
-        transform = VideoTransform(
-            model_cfg.image_size, train=False, resize_short=short,
-            normalization=data_cfg.normalization,
-        )  # fmt: skip
-        video = transform(frames)  # (T, 3, S, S)
-        mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[data_cfg.normalization])
-        out["frames"] = (video * std + mean).permute(0, 2, 3, 1)  # (T, S, S, 3) in [0, 1]
-        out["video"] = video[None]  # (1, T, 3, S, S)
+        frames, video, centre = _centre_view(model_cfg, data_cfg, video_path)
+        out["frames"], out["video"] = frames, video[None]  # (1, T, 3, S, S)
     if "audio" in model_cfg.modalities:
         try:
             wav = load_audio(audio_path or video_path)  # (N,) 16 kHz
-        except MediaError:
+        except NoAudioError:
             wav = None  # a clip without sound: explained from its pictures alone
         if wav is not None:
             fbank = log_mel(wav, num_mel_bins=model_cfg.mel_bins)  # (N_a, F)
@@ -236,6 +267,28 @@ def clip_inputs(
     return out
 
 
+def _centre_view(
+    model_cfg: ModelConfig, data_cfg: DataConfig, video_path: str | Path
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """The evaluation frames of a video: pictures (T, S, S, 3) in [0, 1], model input
+    (T, 3, S, S), and the window's centre in seconds (window sampling) or None."""
+    info = probe_video(video_path)
+    kw = dict(mode=data_cfg.sampling, fps=info.fps, stride=data_cfg.frame_stride, train=False)
+    span = window_span(info.duration, model_cfg.num_frames, **kw)
+    centre = 0.5 * (span[0] + span[1]) if data_cfg.sampling == "window" else None
+    times = sample_times(info.duration, model_cfg.num_frames, span=span, **kw)
+    short = resolve_short_side(model_cfg, data_cfg)
+    frames = read_frames(video_path, times, short_side=short)  # (T, H, W, 3) uint8
+    transform = VideoTransform(
+        model_cfg.image_size, train=False, resize_short=short,
+        normalization=data_cfg.normalization,
+    )  # fmt: skip
+    video = transform(frames)  # (T, 3, S, S)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[data_cfg.normalization])
+    pictures = (video * std + mean).permute(0, 2, 3, 1)  # (T, S, S, 3) in [0, 1]
+    return pictures, video, centre
+
+
 def explain_clip(
     source: str | Path,
     video: str | Path,
@@ -243,31 +296,30 @@ def explain_clip(
     out_dir: str | Path = "explain",
     *,
     per_layer: bool = False,
+    checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Run a model on one clip and save its bottleneck-attention figures.
 
     Args:
-        source: a run directory, model directory or Hub id (``MBT.from_pretrained``).
+        source: anything :func:`mbt.model.hub.load_model` reads (a run directory, checkpoint
+            or model folder, Hub id); the clip is preprocessed with the model's data config.
         video: the clip's video file.
         audio: a separate sound file (default: the video's own audio track).
         out_dir: where to write the PNG files.
         per_layer: also write one figure per fusion layer.
+        checkpoint: ``best`` or ``last`` when ``source`` is a run directory.
 
     Returns:
         ``files`` (written paths), ``prediction`` (top class name or index), ``probabilities``,
         ``layers``.
     """
-    from mbt.config import DataConfig, load_config
-    from mbt.model import MBT
-
-    model = MBT.from_pretrained(source)
-    run_config = Path(source) / "config.yaml"
-    data_cfg = load_config(run_config).data if run_config.is_file() else DataConfig()
-    inputs = clip_inputs(model.cfg, data_cfg, video, audio)
+    loaded = load_model(source, checkpoint)
+    model = loaded.model
+    inputs = clip_inputs(model.cfg, loaded.data, video, audio)
     result = bottleneck_attention(model, inputs["video"], inputs["audio"])
     probs = result["logits"].softmax(-1)[0]
     top = int(probs.argmax())
-    name = model.class_names[top] if model.class_names else str(top)
+    name = loaded.class_names[top] if loaded.class_names else str(top)
     files = plot_attention(
         result, out_dir, frames=inputs["frames"], spectrogram=inputs.get("fbank"),
         tubelet=model.cfg.tubelet_size, per_layer=per_layer, title=f"predicted: {name} |",

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mbt.model.hub import load_model
+
 DEFAULT_OPSET = 17
 
 
@@ -72,17 +74,18 @@ def export_onnx(model: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET
     return out
 
 
-def export_from_source(source: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Load a run / model directory (or Hub id) with ``MBT.from_pretrained`` and export it."""
-    from mbt.model import MBT
-
-    return export_onnx(MBT.from_pretrained(source), out, opset=opset)
+def export_from_source(
+    source: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, checkpoint: str = "best"
+) -> Path:
+    """Load anything :func:`mbt.model.hub.load_model` reads (run, checkpoint or model folder,
+    Hub id) and export it; ``checkpoint`` picks ``best`` or ``last`` of a run directory."""
+    return export_onnx(load_model(source, checkpoint).model, out, opset=opset)
 
 
 def check_onnx(model: nn.Module, path: str | Path, batch: int = 1, seed: int = 0) -> float:
     """Largest absolute difference between onnxruntime and PyTorch logits on random inputs.
 
-    Needs ``onnxruntime``.
+    Needs ``onnxruntime`` (an optional dependency, so imported here).
     """
     import onnxruntime as ort
 

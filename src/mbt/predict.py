@@ -1,5 +1,7 @@
-"""Classify one media file with a trained run: raw video (and audio) in, ranked labels out.
+"""Classify one media file with a trained model: raw video (and audio) in, ranked labels out.
 
+The model comes from :func:`mbt.model.hub.load_model` (a run directory, a checkpoint folder, a
+``save_pretrained`` or converted folder, or a Hub id), with the data config it was trained with.
 The clip goes through the same front-end as evaluation (``AVDataset`` with ``train=False``):
 ``data.test_clips`` temporal views x ``data.test_crops`` crops, logits averaged over views.
 The sound comes from ``--audio`` or else from the video's own track; a video without any sound
@@ -14,8 +16,12 @@ from typing import Any
 
 import torch
 
+from mbt.config import DataConfig, ModelConfig
+from mbt.data.dataset import AVDataset
+from mbt.data.layouts import Clip
+from mbt.data.video import MediaError, probe_video
+from mbt.model.hub import load_model
 from mbt.training.distributed import pick_device
-from mbt.training.evaluate import load_run
 
 
 def predict(
@@ -29,7 +35,9 @@ def predict(
     """Ranked class probabilities for one clip.
 
     Args:
-        source: run directory, checkpoint folder, or its ``model.safetensors``.
+        source: anything :func:`mbt.model.hub.load_model` reads: a run directory, a checkpoint
+            folder, a ``save_pretrained`` / converted model folder, its ``model.safetensors``,
+            or a Hub id.
         video: video file.
         audio: audio file to pair with the video; default: the video's own sound track.
         top_k: how many labels to return.
@@ -37,24 +45,45 @@ def predict(
         device: ``auto``, ``cpu``, ``cuda`` ...
 
     Returns:
-        ``{"video", "audio", "modalities" (used), "note", "predictions": [{"label",
+        ``{"video", "audio", "modalities" (used), "views", "note", "predictions": [{"label",
         "probability"}, ...]}``; probabilities are softmax (single-label) or sigmoid
-        (multi-label) of the view-averaged logits.
+        (multi-label) of the view-averaged logits. A model without class names labels its
+        outputs by index (``"0"``, ``"1"`` ...).
 
     Raises:
         MediaError: the file cannot be decoded.
         ValueError: the model needs a modality the clip does not have.
     """
-    from mbt.data.dataset import AVDataset
-    from mbt.data.layouts import Clip
-    from mbt.data.video import MediaError, probe_video
-
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
     video = Path(video)
     dev = pick_device(device)
-    cfg, classes, model, _ = load_run(source, checkpoint, dev)
-    modalities = list(cfg.model.modalities)
+    loaded = load_model(source, checkpoint, dev)
+    model_cfg, data_cfg = loaded.model.cfg, loaded.data
+    classes = loaded.class_names or [str(i) for i in range(model_cfg.num_classes)]
+    has_audio, modalities, note = _streams(video, audio, list(model_cfg.modalities))
+    inputs = _clip_views(video, audio, has_audio, modalities, model_cfg, data_cfg, classes)
+    with torch.no_grad():
+        logits = loaded.model(**{m: x.to(dev) for m, x in inputs.items()})  # (V, C)
+    return {
+        "video": str(video),
+        "audio": str(audio) if audio else ("own track" if has_audio else None),
+        "modalities": modalities,
+        "views": data_cfg.test_clips * data_cfg.test_crops,
+        "note": note,
+        "predictions": _rank(logits.float().mean(0), classes, top_k, data_cfg.multi_label),
+    }
+
+
+def _streams(
+    video: Path, audio: str | Path | None, modalities: list[str]
+) -> tuple[bool, list[str], str]:
+    """Whether the clip has sound, the model streams to run, and a note for the user.
+
+    Raises:
+        MediaError: ``audio`` is not a file.
+        ValueError: an audio-only model and a clip without sound.
+    """
     if audio is not None and not Path(audio).is_file():
         raise MediaError(f"{audio}: no such file")
     has_audio = audio is not None or probe_video(video).has_audio
@@ -67,35 +96,45 @@ def predict(
         if "audio" in modalities:
             note = "no audio track: classified from the video alone"
         modalities = [m for m in modalities if m != "audio"]
+    return has_audio, modalities, note
+
+
+def _clip_views(
+    video: Path,
+    audio: str | Path | None,
+    has_audio: bool,
+    modalities: list[str],
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    classes: list[str],
+) -> dict[str, torch.Tensor]:
+    """The evaluation views of one clip: video (V, T, 3, S, S), audio (V, T_a, F)."""
     clip = Clip(
         video=video, audio=Path(audio) if audio else None, labels=(0,), key=video.stem,
         has_audio=has_audio,
     )  # fmt: skip
     ds = AVDataset(
-        [clip], classes, cfg.model, cfg.data, train=False, views=cfg.data.test_clips,
-        crops=cfg.data.test_crops, multi_label=cfg.data.multi_label,
+        [clip], classes, model_cfg, data_cfg, train=False, views=data_cfg.test_clips,
+        crops=data_cfg.test_crops, multi_label=data_cfg.multi_label,
     )  # fmt: skip
     item = ds[0]
-    inputs = {}
+    out = {}
     for m in modalities:
         x = item[m]
-        inputs[m] = (x if x.ndim == (5 if m == "video" else 3) else x[None]).to(dev)  # (V, ...)
-    with torch.no_grad():
-        logits = model(**inputs).float().mean(0)  # (C,): views averaged
-    probs = logits.sigmoid() if cfg.data.multi_label else logits.softmax(-1)
-    k = min(top_k, len(classes))
-    top = probs.topk(k)
-    return {
-        "video": str(video),
-        "audio": str(audio) if audio else ("own track" if has_audio else None),
-        "modalities": modalities,
-        "views": cfg.data.test_clips * cfg.data.test_crops,
-        "note": note,
-        "predictions": [
-            {"label": classes[i], "probability": round(p, 6)}
-            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        ],
-    }
+        out[m] = x if x.ndim == (5 if m == "video" else 3) else x[None]  # one view: add V
+    return out
+
+
+def _rank(
+    logits: torch.Tensor, classes: list[str], top_k: int, multi_label: bool
+) -> list[dict[str, Any]]:
+    """The ``top_k`` classes of (C,) logits, most probable first."""
+    probs = logits.sigmoid() if multi_label else logits.softmax(-1)
+    top = probs.topk(min(top_k, len(classes)))
+    return [
+        {"label": classes[i], "probability": round(p, 6)}
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
 
 
 def format_prediction(result: dict[str, Any]) -> str:

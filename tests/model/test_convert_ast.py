@@ -171,3 +171,20 @@ def test_not_an_ast_checkpoint(tmp_path):
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="AST"):
         load_ast(path)
+
+
+def test_unreadable_variants_are_errors_naming_the_file(hf_ast, tmp_path):
+    hf, folder = hf_ast
+    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
+        load_ast(tmp_path)
+    weights = next(p for p in folder.iterdir() if p.name != "config.json")
+    alone = tmp_path / "alone" / weights.name
+    alone.parent.mkdir()
+    alone.write_bytes(weights.read_bytes())  # HF weights without their config.json
+    with pytest.raises(ValueError, match=r"alone.*need .*config\.json"):
+        load_ast(alone)
+    path = tmp_path / "original.pth"
+    torch.save(_original_layout(hf), path)
+    # 48 mel bins would give (48 - 16) // 10 + 1 = 4 frequency patches: 10 positions do not fit.
+    with pytest.raises(ValueError, match=r"original\.pth: pos_embed: 10 positions do not fit 4"):
+        load_ast(path, mel_bins=48)

@@ -31,8 +31,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from mbt.config import ModelConfig
+from mbt.model.mbt import MBT
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # transformers 4.x / 5.x sub-module names -> timm names, inside one layer.
@@ -128,8 +130,6 @@ def _from_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     for key in ("state_dict", "model"):
@@ -160,50 +160,16 @@ def load_ast(
         FileNotFoundError: nothing there.
         ValueError: not an AST checkpoint, or an unsupported variant.
     """
-    path = Path(source).expanduser()
-    folder = path if path.is_dir() else path.parent
-    if path.is_dir():
-        files = [path / n for n in _HF_WEIGHTS if (path / n).is_file()]
-        if not files:
-            raise FileNotFoundError(f"{path}: no {' or '.join(_HF_WEIGHTS)} in this folder")
-        path = files[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"{source}: no such AST checkpoint")
+    path = _weights_file(source)
     try:
         raw = _load_torch(path)
     except (OSError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path}: cannot read AST weights ({e})") from None
-    keys = set(raw)
     try:
-        if any("embeddings.distillation_token" in k for k in keys):
-            config_path = folder / "config.json"
-            if not config_path.is_file():
-                raise ValueError(f"Hugging Face AST weights need {config_path}")
-            hf: dict[str, Any] = json.loads(config_path.read_text())
-            if hf.get("hidden_act", "gelu") != "gelu":
-                raise ValueError(f"hidden_act {hf['hidden_act']!r}: only exact GELU is supported")
-            if hf.get("frequency_stride", 10) != hf.get("time_stride", 10):
-                raise ValueError("different frequency and time strides are not supported")
-            sd = _from_hf(raw)
-            mel_bins, length = hf.get("num_mel_bins", 128), hf.get("max_length", 1024)
-            stride, num_heads = hf.get("time_stride", 10), hf["num_attention_heads"]
-            k = sd["patch_embed.proj.weight"].shape[-1]
-            f = (mel_bins - k) // stride + 1
-            t = (length - k) // stride + 1
-        elif any(k.removeprefix("module.").startswith("v.dist_token") for k in keys):
-            sd = _from_original(raw)
-            k = sd["patch_embed.proj.weight"].shape[-1]
-            f = (mel_bins - k) // stride + 1
-            n = sd["pos_embed"].shape[1] - 2
-            if n % f:
-                raise ValueError(
-                    f"pos_embed: {n} positions do not fit {f} frequency patches "
-                    f"(mel_bins={mel_bins}, stride={stride})"
-                )
-            t = n // f
-            # The weights fix only the patch count; prefer the caller's length if it fits.
-            fits = (max_length - k) // stride + 1 == t
-            length = max_length if fits else (t - 1) * stride + k
+        if any("embeddings.distillation_token" in k for k in raw):
+            ast = _hf_weights(raw, path.parent / "config.json")
+        elif any(k.removeprefix("module.").startswith("v.dist_token") for k in raw):
+            ast = _original_weights(raw, mel_bins, max_length, stride, num_heads)
         else:
             raise ValueError("neither HF AST (embeddings.distillation_token) nor original AST "
                              "(module.v.dist_token) keys found")  # fmt: skip
@@ -211,12 +177,65 @@ def load_ast(
         raise ValueError(f"{path}: AST checkpoint lacks {e}") from None
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    width = sd["cls_token"].shape[-1]
-    heads = num_heads or max(width // 64, 1)
-    if sd["pos_embed"].shape[1] != 2 + f * t:
+    rows, f, t = ast.sd["pos_embed"].shape[1], ast.freq_grid, ast.time_grid
+    if rows != 2 + f * t:
+        raise ValueError(f"{path}: pos_embed has {rows} rows, expected 2 + {f}x{t}")
+    return ast
+
+
+def _weights_file(source: str | Path) -> Path:
+    """The weights file of an HF folder (its first of :data:`_HF_WEIGHTS`), or ``source``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = [path / n for n in _HF_WEIGHTS if (path / n).is_file()]
+        if not files:
+            raise FileNotFoundError(f"{path}: no {' or '.join(_HF_WEIGHTS)} in this folder")
+        path = files[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such AST checkpoint")
+    return path
+
+
+def _hf_weights(raw: dict[str, torch.Tensor], config_path: Path) -> ASTWeights:
+    """Transformers AST weights; the geometry comes from the ``config.json`` beside them."""
+    if not config_path.is_file():
+        raise ValueError(f"Hugging Face AST weights need {config_path}")
+    hf: dict[str, Any] = json.loads(config_path.read_text())
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"hidden_act {hf['hidden_act']!r}: only exact GELU is supported")
+    if hf.get("frequency_stride", 10) != hf.get("time_stride", 10):
+        raise ValueError("different frequency and time strides are not supported")
+    sd = _from_hf(raw)
+    mel_bins, length = hf.get("num_mel_bins", 128), hf.get("max_length", 1024)
+    stride = hf.get("time_stride", 10)
+    k = sd["patch_embed.proj.weight"].shape[-1]
+    f = (mel_bins - k) // stride + 1
+    t = (length - k) // stride + 1
+    return ASTWeights(sd, f, t, stride, hf["num_attention_heads"], mel_bins, length)
+
+
+def _original_weights(
+    raw: dict[str, torch.Tensor],
+    mel_bins: int,
+    max_length: int,
+    stride: int,
+    num_heads: int | None,
+) -> ASTWeights:
+    """An original AST ``.pth``: the patch count along time is read from ``pos_embed``."""
+    sd = _from_original(raw)
+    k = sd["patch_embed.proj.weight"].shape[-1]
+    f = (mel_bins - k) // stride + 1
+    n = sd["pos_embed"].shape[1] - 2  # CLS and distillation token first
+    if n % f:
         raise ValueError(
-            f"{path}: pos_embed has {sd['pos_embed'].shape[1]} rows, expected 2 + {f}x{t}"
+            f"pos_embed: {n} positions do not fit {f} frequency patches "
+            f"(mel_bins={mel_bins}, stride={stride})"
         )
+    t = n // f
+    # The weights fix only the patch count; prefer the caller's length if it fits.
+    fits = (max_length - k) // stride + 1 == t
+    length = max_length if fits else (t - 1) * stride + k
+    heads = num_heads or max(sd["cls_token"].shape[-1] // 64, 1)
     return ASTWeights(sd, f, t, stride, heads, mel_bins, length)
 
 
@@ -362,8 +381,6 @@ def convert_ast(
     Returns:
         The model in eval mode; its pooled audio feature equals AST's pooled output.
     """
-    from mbt.model.mbt import MBT
-
     ast = load_ast(source, **load_kwargs)
     cfg = config_from_ast(ast, audio_frames, num_classes)
     model = MBT(cfg)

@@ -17,9 +17,16 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from timm.layers import resample_patch_embed
+from timm.models.vision_transformer import VisionTransformer, _load_weights
+from torch import nn
 
+from mbt.config import ModelConfig
 from mbt.model.fusion import ORDER
 
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
@@ -59,9 +66,6 @@ def _from_hf_vit(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _from_npz(path: Path) -> dict[str, torch.Tensor]:
     """Read a big_vision / augreg ``.npz`` ViT with timm's own loader."""
-    import numpy as np
-    from timm.models.vision_transformer import VisionTransformer, _load_weights
-
     with np.load(path) as npz:
         keys = set(npz.files)
         kernel = npz["embedding/kernel"]  # (p, p, 3, D)
@@ -97,8 +101,6 @@ def load_vit_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
         suffix = path.suffix.lower()
         try:
             if suffix == ".safetensors":
-                from safetensors.torch import load_file
-
                 sd = load_file(str(path))
             elif suffix == ".npz":
                 return _from_npz(path)
@@ -124,9 +126,7 @@ def load_vit_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     )
     if looks_like_path:
         raise FileNotFoundError(f"{source}: no such checkpoint file")
-    import timm  # a timm model name (or hf-hub:org/name): needs the network or timm's cache
-
-    try:
+    try:  # a timm model name (or hf-hub:org/name): needs the network or timm's cache
         return timm.create_model(str(source), pretrained=True, num_classes=0).state_dict()
     except Exception as e:  # timm raises many kinds for unknown names / no network
         raise ValueError(f"{source}: cannot load timm model weights ({e})") from None
@@ -198,10 +198,24 @@ def _split_pos(
 def _patch_kernel(sd: dict[str, torch.Tensor], patch: int) -> torch.Tensor:
     w = sd["patch_embed.proj.weight"]  # (D, 3, p, p)
     if w.shape[-1] != patch:
-        from timm.layers import resample_patch_embed
-
         w = resample_patch_embed(w, [patch, patch])  # FlexiViT-style resampling
     return w
+
+
+class _Filler:
+    """Copies checkpoint tensors into named model parameters and remembers which it set."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = dict(model.named_parameters())
+        self.done: set[str] = set()
+
+    def put(self, name: str, value: torch.Tensor, key: str) -> None:
+        """``model.<name>`` <- ``value`` (checkpoint ``key``, named in a shape error)."""
+        _copy(self.params[name], value, key)
+        self.done.add(name)
+
+    def untouched(self) -> list[str]:
+        return sorted(set(self.params) - self.done)
 
 
 def init_from_vit(model: torch.nn.Module, source: str | Path | dict) -> list[str]:
@@ -220,62 +234,86 @@ def init_from_vit(model: torch.nn.Module, source: str | Path | dict) -> list[str
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
     if depth != cfg.depth:
         raise ValueError(f"blocks: checkpoint has {depth} blocks, model.depth is {cfg.depth}")
-    params = dict(model.named_parameters())
-    done: set[str] = set()
+    fill = _Filler(model)
+    _put_blocks(fill, model, sd)
+    fill.put("norm.weight", sd["norm.weight"], "norm.weight")
+    fill.put("norm.bias", sd["norm.bias"], "norm.bias")
+    prefix_pos, grid, old = _split_pos(sd)
+    for m in ORDER:
+        if m not in model.embed:
+            continue
+        _put_prefix(fill, m, model.embed[m].prefix.num_prefix, sd, prefix_pos)
+        if m == "video":
+            _put_video_embed(fill, model.embed["video"], cfg, sd, grid, old)
+        else:
+            _put_audio_embed(fill, model.embed["audio"], cfg, sd, grid, old)
+    return fill.untouched()
 
-    def put(name: str, value: torch.Tensor, key: str) -> None:
-        _copy(params[name], value, key)
-        done.add(name)
 
-    # Blocks into every stream (or into the one shared block).
+def _put_blocks(fill: _Filler, model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """ViT block i into every stream's block of layer i (or into the one shared block)."""
     for i, layer in enumerate(model.layers):
         for name, _ in layer.named_parameters():
             sub = name.split(".", 2)[-1] if name.startswith("blocks.") else name.split(".", 1)[-1]
             key = f"blocks.{i}.{sub}"
             if key not in sd:
                 raise ValueError(f"{key}: missing from the checkpoint")
-            put(f"layers.{i}.{name}", sd[key], key)
-    put("norm.weight", sd["norm.weight"], "norm.weight")
-    put("norm.bias", sd["norm.bias"], "norm.bias")
+            fill.put(f"layers.{i}.{name}", sd[key], key)
 
-    prefix_pos, grid, old = _split_pos(sd)
-    kernel = _patch_kernel(sd, cfg.patch_size)
-    for m in ORDER:
-        if m not in model.embed:
-            continue
-        emb = model.embed[m]
-        n_prefix = emb.prefix.num_prefix
-        if n_prefix and "cls_token" in sd:
-            tokens = [sd["cls_token"]] + ([sd["dist_token"]] if "dist_token" in sd else [])
-            tokens = torch.cat(tokens, dim=1)[:, :n_prefix]
-            if tokens.shape[1] < n_prefix:  # a CLS-only ViT into AST's CLS + distillation pair
-                tokens = tokens[:, :1].expand(-1, n_prefix, -1)
-            put(f"embed.{m}.prefix.cls_token", tokens, "cls_token")
-            if prefix_pos is not None:
-                pp = prefix_pos[:, :n_prefix]
-                pp = pp[:, :1].expand(-1, n_prefix, -1) if pp.shape[1] < n_prefix else pp
-                put(f"embed.{m}.prefix.pos", pp, "pos_embed[prefix]")
-        bias = sd["patch_embed.proj.bias"]
-        if m == "video":
-            t, h, w = emb.grid
-            put(
-                "embed.video.proj.weight",
-                inflate_kernel(kernel, cfg.tubelet_size, cfg.tubelet_init),
-                "patch_embed.proj.weight",
-            )
-            put("embed.video.proj.bias", bias, "patch_embed.proj.bias")
-            spatial = resize_grid(grid, old, (h, w))  # (1, H'W', D)
-            if emb.separable:
-                put("embed.video.pos_spatial", spatial, "pos_embed")
-                # Zero temporal table: one frame reproduces the image model exactly.
-                put("embed.video.pos_temporal", torch.zeros_like(emb.pos_temporal), "pos_embed")
-            else:
-                put("embed.video.pos_grid", spatial.repeat(1, t, 1), "pos_embed")  # tiled over time
-        else:
-            audio_kernel = _patch_kernel(sd, cfg.audio_patch_size).sum(
-                1, keepdim=True
-            )  # RGB -> 1 channel
-            put("embed.audio.proj.weight", audio_kernel, "patch_embed.proj.weight")
-            put("embed.audio.proj.bias", bias, "patch_embed.proj.bias")
-            put("embed.audio.pos_grid", resize_grid(grid, old, emb.grid), "pos_embed")
-    return sorted(set(params) - done)
+
+def _put_prefix(
+    fill: _Filler,
+    m: str,
+    n_prefix: int,
+    sd: dict[str, torch.Tensor],
+    prefix_pos: torch.Tensor | None,
+) -> None:
+    """The stream's prefix tokens and their positions from the ViT's CLS (and dist) token."""
+    if not n_prefix or "cls_token" not in sd:
+        return
+    tokens = [sd["cls_token"]] + ([sd["dist_token"]] if "dist_token" in sd else [])
+    tokens = torch.cat(tokens, dim=1)[:, :n_prefix]  # (1, P, D)
+    if tokens.shape[1] < n_prefix:  # a CLS-only ViT into AST's CLS + distillation pair
+        tokens = tokens[:, :1].expand(-1, n_prefix, -1)
+    fill.put(f"embed.{m}.prefix.cls_token", tokens, "cls_token")
+    if prefix_pos is not None:
+        pp = prefix_pos[:, :n_prefix]
+        pp = pp[:, :1].expand(-1, n_prefix, -1) if pp.shape[1] < n_prefix else pp
+        fill.put(f"embed.{m}.prefix.pos", pp, "pos_embed[prefix]")
+
+
+def _put_video_embed(
+    fill: _Filler,
+    emb: nn.Module,
+    cfg: ModelConfig,
+    sd: dict[str, torch.Tensor],
+    grid: torch.Tensor,
+    old: tuple[int, int],
+) -> None:
+    """Inflated tubelet kernel; the 2-D grid resized and tiled over time (or separable)."""
+    t, h, w = emb.grid
+    kernel = inflate_kernel(_patch_kernel(sd, cfg.patch_size), cfg.tubelet_size, cfg.tubelet_init)
+    fill.put("embed.video.proj.weight", kernel, "patch_embed.proj.weight")
+    fill.put("embed.video.proj.bias", sd["patch_embed.proj.bias"], "patch_embed.proj.bias")
+    spatial = resize_grid(grid, old, (h, w))  # (1, H'W', D)
+    if emb.separable:
+        fill.put("embed.video.pos_spatial", spatial, "pos_embed")
+        # Zero temporal table: one frame reproduces the image model exactly.
+        fill.put("embed.video.pos_temporal", torch.zeros_like(emb.pos_temporal), "pos_embed")
+    else:
+        fill.put("embed.video.pos_grid", spatial.repeat(1, t, 1), "pos_embed")  # tiled over time
+
+
+def _put_audio_embed(
+    fill: _Filler,
+    emb: nn.Module,
+    cfg: ModelConfig,
+    sd: dict[str, torch.Tensor],
+    grid: torch.Tensor,
+    old: tuple[int, int],
+) -> None:
+    """RGB kernel summed to 1 channel; the 2-D grid resized to the (time, freq) grid."""
+    kernel = _patch_kernel(sd, cfg.audio_patch_size).sum(1, keepdim=True)  # RGB -> 1 channel
+    fill.put("embed.audio.proj.weight", kernel, "patch_embed.proj.weight")
+    fill.put("embed.audio.proj.bias", sd["patch_embed.proj.bias"], "patch_embed.proj.bias")
+    fill.put("embed.audio.pos_grid", resize_grid(grid, old, emb.grid), "pos_embed")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from mbt.config import ModelConfig
+from mbt.model.mbt import MBT
 
 _EXT_NDARRAY, _EXT_COMPLEX, _EXT_SCALAR = 1, 2, 3  # flax's msgpack extension codes
 _CHUNKED = "__msgpack_chunked_array__"
@@ -165,6 +166,26 @@ def infer_config(
     Raises:
         ValueError: the shapes contradict the arguments or each other.
     """
+    modalities = _modalities(params)
+    ref = "video" if "video" in modalities else "audio"
+    encoder = _encoder_shape(params, _STREAM[ref])
+    classifier = "token" if "cls" in params else "gap"
+    n_prefix = 1 if classifier == "token" else 0
+    fusion = _fusion(params, modalities, encoder["depth"], fusion_layer, classifier)
+    kw: dict[str, Any] = {**encoder, **fusion}
+    if "video" in modalities:
+        kw.update(_video_geometry(params, image_size, n_prefix))
+    if "audio" in modalities:
+        kw.update(_audio_geometry(params, audio_frames, mel_bins, n_prefix))
+    return ModelConfig(
+        num_classes=_num_classes(params, num_classes), modalities=modalities,
+        gelu_approximate="tanh", fusion_layer=min(fusion_layer, encoder["depth"]),
+        bottleneck_extra_token=True, classifier=classifier, **kw,
+    )  # fmt: skip
+
+
+def _modalities(params: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The streams present: rgb (``embedding``) and / or spectrogram."""
     modalities = tuple(
         m for m, k in (("video", "embedding/kernel"), ("audio", "embedding_spectrogram/kernel"))
         if k in params
@@ -173,8 +194,11 @@ def infer_config(
         raise ValueError(
             "neither 'embedding/kernel' (rgb) nor 'embedding_spectrogram/kernel' found"
         )
-    ref = "video" if "video" in modalities else "audio"
-    suffix = _STREAM[ref]
+    return modalities
+
+
+def _encoder_shape(params: dict[str, np.ndarray], suffix: str) -> dict[str, Any]:
+    """Depth, width, heads, MLP ratio and qkv bias of one stream's encoder blocks."""
     depth = 1 + max(
         (int(m.group(1)) for k in params if (m := re.match(rf"Transformer/encoderblock_(\d+){suffix}/", k))),
         default=-1,
@@ -187,13 +211,24 @@ def infer_config(
     mlp_dim = params[f"{block}/{mlp}/Dense_0/kernel"].shape[1]
     if int(width * (mlp_dim / width)) != mlp_dim:
         raise ValueError(f"MLP size {mlp_dim} is not representable as a ratio of width {width}")
+    return dict(
+        depth=depth, width=width, num_heads=heads, mlp_ratio=mlp_dim / width,
+        qkv_bias=f"{block}/{attn}/query/bias" in params,
+    )  # fmt: skip
 
+
+def _fusion(
+    params: dict[str, np.ndarray],
+    modalities: tuple[str, ...],
+    depth: int,
+    fusion_layer: int,
+    classifier: str,
+) -> dict[str, Any]:
+    """The fusion regime and bottleneck count."""
     # One block per layer for both streams = the official shared encoder (share_encoder=True).
     shared = len(modalities) == 2 and not any(
         k.startswith("Transformer/encoderblock_0_spectrogram/") for k in params
     )
-    classifier = "token" if "cls" in params else "gap"
-    n_prefix = 1 if classifier == "token" else 0
     if "bottleneck" in params:
         if shared:
             raise ValueError("bottleneck fusion with a shared encoder is not supported")
@@ -203,58 +238,59 @@ def infer_config(
     if len(modalities) == 2 and fusion == "vanilla" and fusion_layer >= depth:
         fusion = "late"
     extra = classifier == "token" and fusion == "bottleneck"  # official +1 with the token head
-    n_bottlenecks = max(n_tokens - int(extra), 0)
+    return dict(fusion=fusion, n_bottlenecks=max(n_tokens - int(extra), 0))
 
+
+def _num_classes(params: dict[str, np.ndarray], num_classes: int | None) -> int:
     if "output_projection/kernel" not in params:
         raise ValueError("no output_projection/kernel (classification head) found")
     classes = params["output_projection/kernel"].shape[1]
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"--num-classes {num_classes}: the checkpoint's head has {classes}")
+    return classes
 
-    kw: dict[str, Any] = {}
-    if "video" in modalities:
-        kernel = params["embedding/kernel"]  # (t, h, w, 3, D) 3-D conv, or (h, w, 3, D) 2-D
-        t, ph, pw = kernel.shape[:3] if kernel.ndim == 5 else (1, *kernel.shape[:2])
-        if ph != pw:
-            raise ValueError(f"embedding/kernel: non-square patches {ph}x{pw} are not supported")
-        if image_size % ph:
-            raise ValueError(f"--image-size {image_size} is not a multiple of the patch size {ph}")
-        n_grid = params["Transformer/posembed_input/pos_embedding"].shape[1] - n_prefix
-        per_frame = (image_size // ph) ** 2
-        if n_grid % per_frame:
-            raise ValueError(
-                f"posembed_input: {n_grid} video positions are not a multiple of the "
-                f"{per_frame} patches of a {image_size} px frame (check --image-size)"
-            )
-        kw.update(
-            image_size=image_size, patch_size=ph, tubelet_size=t,
-            num_frames=n_grid // per_frame * t, video_pos_embed="joint",
-        )  # fmt: skip
-    if "audio" in modalities:
-        kernel = params["embedding_spectrogram/kernel"]  # (h, w, 3, D): time x freq patches
-        ph, pw = kernel.shape[:2]
-        if ph != pw:
-            raise ValueError(f"embedding_spectrogram/kernel: non-square patches {ph}x{pw}")
-        n_grid = params["Transformer/posembed_input_spectrogram/pos_embedding"].shape[1] - n_prefix
-        grid = (audio_frames // ph, mel_bins // ph)
-        if grid[0] * grid[1] != n_grid:
-            raise ValueError(
-                f"posembed_input_spectrogram: the checkpoint has {n_grid} spectrogram positions, "
-                f"but --audio-frames {audio_frames} x --mel-bins {mel_bins} with {ph}x{ph} patches "
-                f"give {grid[0]}x{grid[1]} = {grid[0] * grid[1]}; pass the spectrogram size the "
-                "checkpoint was trained with (released AudioSet models: 800 x 128)"
-            )
-        kw.update(
-            audio_frames=audio_frames, mel_bins=mel_bins, audio_patch_size=ph,
-            audio_patch_stride=ph,
-        )  # fmt: skip
 
-    return ModelConfig(
-        num_classes=classes, modalities=modalities, width=width, depth=depth, num_heads=heads,
-        mlp_ratio=mlp_dim / width, qkv_bias=f"{block}/{attn}/query/bias" in params,
-        gelu_approximate="tanh", fusion=fusion, fusion_layer=min(fusion_layer, depth),
-        n_bottlenecks=n_bottlenecks, bottleneck_extra_token=True, classifier=classifier, **kw,
+def _video_geometry(params: dict[str, np.ndarray], image_size: int, n_prefix: int) -> dict:
+    """Patch and tubelet size, frame count (from the positional table) of the rgb stream."""
+    kernel = params["embedding/kernel"]  # (t, h, w, 3, D) 3-D conv, or (h, w, 3, D) 2-D
+    t, ph, pw = kernel.shape[:3] if kernel.ndim == 5 else (1, *kernel.shape[:2])
+    if ph != pw:
+        raise ValueError(f"embedding/kernel: non-square patches {ph}x{pw} are not supported")
+    if image_size % ph:
+        raise ValueError(f"--image-size {image_size} is not a multiple of the patch size {ph}")
+    n_grid = params["Transformer/posembed_input/pos_embedding"].shape[1] - n_prefix
+    per_frame = (image_size // ph) ** 2
+    if n_grid % per_frame:
+        raise ValueError(
+            f"posembed_input: {n_grid} video positions are not a multiple of the "
+            f"{per_frame} patches of a {image_size} px frame (check --image-size)"
+        )
+    return dict(
+        image_size=image_size, patch_size=ph, tubelet_size=t,
+        num_frames=n_grid // per_frame * t, video_pos_embed="joint",
     )  # fmt: skip
+
+
+def _audio_geometry(
+    params: dict[str, np.ndarray], audio_frames: int, mel_bins: int, n_prefix: int
+) -> dict:
+    """Patch size of the spectrogram stream, checked against the given spectrogram size."""
+    kernel = params["embedding_spectrogram/kernel"]  # (h, w, 3, D): time x freq patches
+    ph, pw = kernel.shape[:2]
+    if ph != pw:
+        raise ValueError(f"embedding_spectrogram/kernel: non-square patches {ph}x{pw}")
+    n_grid = params["Transformer/posembed_input_spectrogram/pos_embedding"].shape[1] - n_prefix
+    grid = (audio_frames // ph, mel_bins // ph)
+    if grid[0] * grid[1] != n_grid:
+        raise ValueError(
+            f"posembed_input_spectrogram: the checkpoint has {n_grid} spectrogram positions, "
+            f"but --audio-frames {audio_frames} x --mel-bins {mel_bins} with {ph}x{ph} patches "
+            f"give {grid[0]}x{grid[1]} = {grid[0] * grid[1]}; pass the spectrogram size the "
+            "checkpoint was trained with (released AudioSet models: 800 x 128)"
+        )
+    return dict(
+        audio_frames=audio_frames, mel_bins=mel_bins, audio_patch_size=ph, audio_patch_stride=ph
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,42 +349,13 @@ def state_dict_from_scenic(
     """
     p = _Params(flat)
     sd: dict[str, torch.Tensor] = {}
-    n_prefix = 1 if cfg.classifier == "token" else 0
-    unimodal = len(cfg.modalities) == 1
-    d = cfg.width
     for m in cfg.modalities:
-        sfx = _STREAM[m]
-        pos = p.take(f"Transformer/posembed_input{sfx}/pos_embedding")  # (1, P + N, D)
-        sd[f"embed.{m}.pos_grid"] = pos[:, n_prefix:]  # (1, N, D)
-        if n_prefix:
-            cls = "cls" if unimodal or m == "video" else "cls" + sfx[1:]
-            sd[f"embed.{m}.prefix.cls_token"] = p.take(cls)  # (1, 1, D)
-            sd[f"embed.{m}.prefix.pos"] = pos[:, :n_prefix]  # (1, 1, D)
-        if m == "video":
-            kernel = p.take("embedding/kernel")
-            if kernel.ndim == 4:  # per-frame 2-D patches: (h, w, 3, D) -> one-frame tubelets
-                kernel = kernel[None]
-            sd["embed.video.proj.weight"] = kernel.permute(4, 3, 0, 1, 2)  # (D, 3, t, h, w)
-            sd["embed.video.proj.bias"] = p.take("embedding/bias")
-        else:
-            kernel = p.take("embedding_spectrogram/kernel")  # (h=time, w=freq, 3, D)
-            # The official input tiles the spectrogram to 3 channels: summing the kernel over
-            # them gives the same response to our 1-channel input.
-            sd["embed.audio.proj.weight"] = kernel.permute(3, 2, 0, 1).sum(1, keepdim=True)
-            sd["embed.audio.proj.bias"] = p.take("embedding_spectrogram/bias")
+        sd.update(_embed_tensors(p, cfg, m))
     if "bottleneck" in p:
         bottleneck = p.take("bottleneck")  # (1, N_b, D)
         if cfg.fusion_start < cfg.depth:  # unimodal checkpoints carry unused bottlenecks
             sd["bottleneck"] = bottleneck
-    shared = cfg.fusion == "shared" and not unimodal
-    for layer in range(cfg.depth):
-        if shared:
-            block = _block_tensors(p, f"Transformer/encoderblock_{layer}", d)
-            sd.update({f"layers.{layer}.block.{k}": v for k, v in block.items()})
-            continue
-        for m in cfg.modalities:
-            block = _block_tensors(p, f"Transformer/encoderblock_{layer}{_STREAM[m]}", d)
-            sd.update({f"layers.{layer}.blocks.{m}.{k}": v for k, v in block.items()})
+    sd.update(_layer_tensors(p, cfg))
     sd["norm.weight"] = p.take("Transformer/encoder_norm/scale")
     sd["norm.bias"] = p.take("Transformer/encoder_norm/bias")
     sd["head.weight"] = p.take("output_projection/kernel").T  # (C, D)
@@ -359,6 +366,46 @@ def state_dict_from_scenic(
             f"checkpoint keys not understood by the converter ({len(unused)}): "
             f"{', '.join(unused[:20])}{' ...' if len(unused) > 20 else ''}"
         )
+    return sd
+
+
+def _embed_tensors(p: _Params, cfg: ModelConfig, m: str) -> dict[str, torch.Tensor]:
+    """Patch kernel, positions and CLS token of stream ``m`` (``embed.{m}.*``)."""
+    n_prefix = 1 if cfg.classifier == "token" else 0
+    sfx = _STREAM[m]
+    pos = p.take(f"Transformer/posembed_input{sfx}/pos_embedding")  # (1, P + N, D)
+    sd = {f"embed.{m}.pos_grid": pos[:, n_prefix:]}  # (1, N, D)
+    if n_prefix:
+        cls = "cls" if len(cfg.modalities) == 1 or m == "video" else "cls" + sfx[1:]
+        sd[f"embed.{m}.prefix.cls_token"] = p.take(cls)  # (1, 1, D)
+        sd[f"embed.{m}.prefix.pos"] = pos[:, :n_prefix]  # (1, 1, D)
+    if m == "video":
+        kernel = p.take("embedding/kernel")
+        if kernel.ndim == 4:  # per-frame 2-D patches: (h, w, 3, D) -> one-frame tubelets
+            kernel = kernel[None]
+        sd["embed.video.proj.weight"] = kernel.permute(4, 3, 0, 1, 2)  # (D, 3, t, h, w)
+        sd["embed.video.proj.bias"] = p.take("embedding/bias")
+    else:
+        kernel = p.take("embedding_spectrogram/kernel")  # (h=time, w=freq, 3, D)
+        # The official input tiles the spectrogram to 3 channels: summing the kernel over
+        # them gives the same response to our 1-channel input.
+        sd["embed.audio.proj.weight"] = kernel.permute(3, 2, 0, 1).sum(1, keepdim=True)
+        sd["embed.audio.proj.bias"] = p.take("embedding_spectrogram/bias")
+    return sd
+
+
+def _layer_tensors(p: _Params, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Every encoder block: ``layers.{l}.block.*`` (shared) or ``layers.{l}.blocks.{m}.*``."""
+    sd: dict[str, torch.Tensor] = {}
+    shared = cfg.fusion == "shared" and len(cfg.modalities) > 1
+    for layer in range(cfg.depth):
+        if shared:
+            block = _block_tensors(p, f"Transformer/encoderblock_{layer}", cfg.width)
+            sd.update({f"layers.{layer}.block.{k}": v for k, v in block.items()})
+            continue
+        for m in cfg.modalities:
+            block = _block_tensors(p, f"Transformer/encoderblock_{layer}{_STREAM[m]}", cfg.width)
+            sd.update({f"layers.{layer}.blocks.{m}.{k}": v for k, v in block.items()})
     return sd
 
 
@@ -388,8 +435,6 @@ def convert_scenic(
     Returns:
         The converted model in eval mode.
     """
-    from mbt.model.mbt import MBT
-
     flat = find_params(read_flax_msgpack(checkpoint))
     try:
         cfg = infer_config(

@@ -1,7 +1,10 @@
 """Checkpoints: one folder per checkpoint, written atomically.
 
-Layout (``run/checkpoints/last/`` and ``run/checkpoints/best/``)::
+Layout (``run/checkpoints/last/`` and ``run/checkpoints/best/``): a model folder, as
+``save_pretrained`` writes it (so every command and ``MBT.from_pretrained`` read it alone), plus
+the training state::
 
+    config.json         the model config, the class names and the run's data config
     model.safetensors   the weights (plain state dict of the unwrapped model)
     state.pt            optimizer, scheduler, scaler, epoch, step, RNG states, best metric,
                         the resolved config dict and the class list
@@ -10,6 +13,9 @@ A checkpoint is first written to a hidden temporary folder beside its target, ev
 fsynced, then the folder is renamed into place. A folder cannot be renamed over a non-empty one,
 so the old checkpoint is first renamed to ``.<name>.old`` and removed afterwards; a crash in the
 gap between the two renames leaves ``.<name>.old``, which :func:`resolve_checkpoint` falls back to.
+
+The file names, the folder resolution, the config writer and the readers live in
+:mod:`mbt.model.hub` (the model layer never imports training); they are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,12 +28,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS = "model.safetensors"
-STATE = "state.pt"
+from mbt.config import DataConfig, from_dict
+from mbt.model.hub import CONFIG, STATE, WEIGHTS, load_weights, write_pretrained
+from mbt.model.hub import read_state as load_state
+from mbt.model.hub import resolve_folder as resolve_checkpoint
+
+__all__ = [
+    "CONFIG", "STATE", "WEIGHTS", "load_state", "load_weights", "resolve_checkpoint",
+    "rng_state", "save_checkpoint", "set_rng_state",
+]  # fmt: skip
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,27 +74,40 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory: str | Path, model: nn.Module, state: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``state`` to ``directory`` atomically.
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    state: dict[str, Any],
+    *,
+    class_names: list[str] | None = None,
+    data: DataConfig | None = None,
+) -> Path:
+    """Write ``model`` as a model folder plus ``state`` to ``directory``, atomically.
 
     Args:
         directory: the checkpoint folder (created, or replaced as a whole).
-        model: the unwrapped model (not DDP / compiled wrappers).
+        model: the unwrapped model (not DDP / compiled wrappers), with its ``cfg``.
         state: anything ``torch.save`` stores with ``weights_only``-loadable types.
+        class_names: the names written into ``config.json``; default ``state["classes"]``.
+        data: the data config written into ``config.json``; default the data part of
+            ``state["config"]`` (the resolved run config the training loop stores).
 
     Returns:
         ``directory`` as a Path.
     """
     directory = Path(directory)
+    if class_names is None:
+        class_names = state.get("classes")
+    if data is None and "config" in state:
+        data = from_dict(DataConfig, state["config"]["data"], prefix="data.")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp"
     old = directory.parent / f".{directory.name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
+    files = write_pretrained(model, tmp, class_names=class_names, data=data)
     torch.save(state, tmp / STATE)
-    for f in (tmp / WEIGHTS, tmp / STATE, tmp):
+    for f in (*files, tmp / STATE, tmp):
         _fsync(f)
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -92,51 +116,3 @@ def save_checkpoint(directory: str | Path, model: nn.Module, state: dict[str, An
     _fsync(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
-
-
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """Find a checkpoint folder from a run directory, a checkpoint folder or a weights file.
-
-    Args:
-        path: ``RUN_DIR`` (uses ``RUN_DIR/checkpoints/<which>``), a checkpoint folder, or its
-            ``model.safetensors``.
-        which: ``best`` or ``last`` when ``path`` is a run directory.
-
-    Raises:
-        FileNotFoundError: nothing usable there.
-    """
-    p = Path(path)
-    if p.is_file() and p.name == WEIGHTS:
-        p = p.parent
-    candidates = [p, p / "checkpoints" / which]
-    for c in candidates:
-        if (c / WEIGHTS).is_file():
-            return c
-        old = c.parent / f".{c.name}.old"  # interrupted between the two renames
-        if (old / WEIGHTS).is_file():
-            return old
-    raise FileNotFoundError(
-        f"{path}: no checkpoint found (expected {p / 'checkpoints' / which / WEIGHTS} "
-        f"or {p / WEIGHTS})"
-    )
-
-
-def load_weights(directory: str | Path, model: nn.Module, strict: bool = True) -> None:
-    """Load ``directory/model.safetensors`` into ``model``."""
-    path = Path(directory) / WEIGHTS
-    try:
-        weights = load_file(path)
-    except (OSError, SafetensorError) as e:  # truncated / not a safetensors file
-        raise ValueError(f"{path}: unreadable checkpoint weights ({e})") from e
-    model.load_state_dict(weights, strict=strict)
-
-
-def load_state(directory: str | Path) -> dict[str, Any]:
-    """``directory/state.pt`` (optimizer, scheduler, epoch, RNG, config ...)."""
-    path = Path(directory) / STATE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint state file missing")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated / corrupt: RuntimeError, EOFError, struct.error ...
-        raise ValueError(f"{path}: unreadable checkpoint state ({e})") from e

@@ -19,19 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from mbt.config import RunConfig, load_config, replace
-from mbt.training import checkpoint as ckpt
+from mbt.model.hub import STATE, LoadedModel, load_model, read_state
 from mbt.training.distributed import pick_device
-from mbt.training.loop import (
-    collect_logits,
-    load_run_config,
-    make_loader,
-    metric_name,
-    open_split,
-    scan_data,
-)
+from mbt.training.loop import collect_logits, make_loader, metric_name, open_split, scan_data
 from mbt.training.metrics import classification_metrics, confusion_matrix, plot_confusion
 
 # name -> forward arguments; "av" is the model as trained.
@@ -49,43 +41,6 @@ VARIANT_TITLES = {
 }
 
 
-def load_run(
-    source: str | Path, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[RunConfig, list[str], nn.Module, Path]:
-    """Config, class names and model (eval mode) of a run directory or checkpoint folder.
-
-    Args:
-        source: a run directory, a checkpoint folder, or its ``model.safetensors``.
-        which: ``best`` or ``last`` for a run directory.
-        device: where to put the model.
-
-    Returns:
-        ``(cfg, classes, model, checkpoint_dir)``.
-    """
-    from mbt.model import MBT
-
-    directory = ckpt.resolve_checkpoint(source, which)
-    state = ckpt.load_state(directory)
-    run_dir = Path(source)
-    if (run_dir / "config.yaml").is_file():
-        cfg = load_run_config(run_dir)
-    else:
-        from mbt.training.loop import config_from_state
-
-        cfg = config_from_state(state)
-    classes = list(state.get("classes") or [])
-    if not classes and (run_dir / "classes.json").is_file():
-        classes = json.loads((run_dir / "classes.json").read_text())
-    if len(classes) != cfg.model.num_classes:
-        raise ValueError(
-            f"{source}: {len(classes)} class names for a {cfg.model.num_classes}-class model"
-        )
-    model = MBT(cfg.model)
-    ckpt.load_weights(directory, model)
-    model.to(pick_device(str(device)) if isinstance(device, str) else device).eval()
-    return cfg, classes, model, directory
-
-
 def evaluate_run(
     run_dir: str | Path,
     data: str | Path | None = None,
@@ -95,11 +50,13 @@ def evaluate_run(
     device: str = "auto",
     write: bool = True,
 ) -> dict[str, Any]:
-    """Multi-view evaluation of ``run_dir`` on one split; writes ``eval.json`` and
+    """Multi-view evaluation of a model on one split; writes ``eval.json`` and
     ``confusion.png`` into the run directory (``eval_test.json`` ... for the test split).
 
     Args:
-        run_dir: directory written by :func:`mbt.training.loop.train`.
+        run_dir: a run directory written by :func:`mbt.training.loop.train`, or any other
+            source :func:`mbt.model.hub.load_model` reads (then ``data`` is needed unless the
+            model's data config names its data set, and nothing is written).
         data: data set folder; default the run's ``data.root``.
         split: ``val`` or ``test``.
         checkpoint: ``best`` or ``last``.
@@ -115,59 +72,96 @@ def evaluate_run(
         raise ValueError(f"--split must be val or test, got {split!r}")
     run_dir = Path(run_dir)
     dev = pick_device(device)
-    cfg, classes, model, directory = load_run(run_dir, checkpoint, dev)
+    loaded = load_model(run_dir, checkpoint, dev)
+    cfg = _eval_config(loaded, data)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if data:  # explicit media folder: decode it, even if the run was trained from a cache
-        cfg = replace(cfg, data=replace(cfg.data, root=str(data), cache=""))
-    index = scan_data(cfg)
-    if index is not None:
-        print(index.report.format())
-    multi_label = cfg.data.multi_label
-    views = cfg.data.test_clips
-    ds = open_split(cfg, split, index, train=False, views=views, crops=cfg.data.test_crops)
-    where = cfg.data.cache or cfg.data.root
-    if list(ds.classes) != classes:
-        raise ValueError(
-            f"{where}: its {len(ds.classes)} classes differ from the run's {len(classes)} classes"
-        )
-    if len(ds) == 0:
-        raise ValueError(f"{where}: the {split} split is empty")
-    bs = batch_size or cfg.train.batch_size
-    loader = make_loader(ds, bs, None, cfg.data.num_workers, dev)
+    ds, classes = _open_eval_split(cfg, split, loaded.class_names)
+    loader = make_loader(ds, batch_size or cfg.train.batch_size, None, cfg.data.num_workers, dev)
     variants = VARIANTS if len(cfg.model.modalities) == 2 else {"av": {}}
     start = time.perf_counter()
     logits, labels, _ = collect_logits(
-        model, loader, dev, cfg.train.precision, variants, desc=f"evaluate {split}"
+        loaded.model, loader, dev, cfg.train.precision, variants, desc=f"evaluate {split}"
     )
-    seconds = time.perf_counter() - start
-    results = {}
-    for name, scores in logits.items():
-        m = classification_metrics(scores, labels, multi_label)
-        per = "per_class_ap" if multi_label else "per_class_acc"
-        m[per] = dict(zip(classes, m[per], strict=True))
-        results[name] = m
-    state = ckpt.load_state(directory)
     out = {
         "run_dir": str(run_dir),
         "split": split,
-        "checkpoint": str(directory),
-        "epoch": state.get("epoch"),
+        "checkpoint": str(loaded.folder),
+        "epoch": _epoch_of(loaded.folder),
         "num_clips": int(labels.shape[0]),
         "views": {"clips": cfg.data.test_clips, "crops": cfg.data.test_crops},
         "modalities": list(cfg.model.modalities),
-        "metric": metric_name(cfg, multi_label).removeprefix("val_"),
-        "multi_label": multi_label,
-        "seconds": seconds,
-        "results": results,
+        "metric": metric_name(cfg, cfg.data.multi_label).removeprefix("val_"),
+        "multi_label": cfg.data.multi_label,
+        "seconds": time.perf_counter() - start,
+        "results": _score(logits, labels, classes, cfg.data.multi_label),
     }
     if write and (run_dir / "config.yaml").is_file():
-        suffix = "" if split == "val" else f"_{split}"
-        (run_dir / f"eval{suffix}.json").write_text(json.dumps(out, indent=1))
-        if not multi_label:
-            cm = confusion_matrix(logits["av"].argmax(1), labels, len(classes))
-            plot_confusion(cm, classes, run_dir / f"confusion{suffix}.png")
+        _write(out, logits["av"], labels, classes, run_dir)
     return out
+
+
+def _eval_config(loaded: LoadedModel, data: str | Path | None) -> RunConfig:
+    """The run's config (or the model's own data config), pointed at ``data`` when given."""
+    cfg = loaded.run_config or RunConfig(model=loaded.model.cfg, data=loaded.data)
+    if data:  # explicit media folder: decode it, even if the run was trained from a cache
+        cfg = replace(cfg, data=replace(cfg.data, root=str(data), cache=""))
+    if not cfg.data.root and not cfg.data.cache:
+        raise ValueError(f"{loaded.folder}: no data set known for this model; pass --data DIR")
+    return cfg
+
+
+def _open_eval_split(cfg: RunConfig, split: str, class_names: list[str] | None):
+    """The split as a multi-view data set, and the class names (checked against the model's)."""
+    index = scan_data(cfg)
+    if index is not None:
+        print(index.report.format())
+    ds = open_split(
+        cfg, split, index, train=False, views=cfg.data.test_clips, crops=cfg.data.test_crops
+    )
+    where = cfg.data.cache or cfg.data.root
+    classes = list(ds.classes)
+    if class_names is not None and classes != class_names:
+        raise ValueError(
+            f"{where}: its {len(classes)} classes differ from the model's {len(class_names)} "
+            "classes"
+        )
+    if len(classes) != cfg.model.num_classes:  # a model without names: the count must agree
+        raise ValueError(
+            f"{where}: {len(classes)} classes for a {cfg.model.num_classes}-class model"
+        )
+    if len(ds) == 0:
+        raise ValueError(f"{where}: the {split} split is empty")
+    return ds, classes
+
+
+def _epoch_of(folder: Path) -> int | None:
+    """The epoch a training checkpoint was written after; None for other model folders."""
+    return read_state(folder).get("epoch") if (folder / STATE).is_file() else None
+
+
+def _score(
+    logits: dict[str, torch.Tensor], labels: torch.Tensor, classes: list[str], multi_label: bool
+) -> dict[str, dict[str, Any]]:
+    """Metrics of every variant, per-class scores keyed by class name."""
+    results = {}
+    per = "per_class_ap" if multi_label else "per_class_acc"
+    for name, scores in logits.items():
+        m = classification_metrics(scores, labels, multi_label)
+        m[per] = dict(zip(classes, m[per], strict=True))
+        results[name] = m
+    return results
+
+
+def _write(
+    out: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor, classes: list, run_dir: Path
+) -> None:
+    """``eval[_<split>].json`` and, single-label, ``confusion[_<split>].png``."""
+    suffix = "" if out["split"] == "val" else f"_{out['split']}"
+    (run_dir / f"eval{suffix}.json").write_text(json.dumps(out, indent=1))
+    if not out["multi_label"]:
+        cm = confusion_matrix(logits.argmax(1), labels, len(classes))
+        plot_confusion(cm, classes, run_dir / f"confusion{suffix}.png")
 
 
 def format_report(result: dict[str, Any]) -> str:
