@@ -24,8 +24,8 @@ from torch import nn
 from mbt.config import RunConfig, load_config, replace
 from mbt.training import checkpoint as ckpt
 from mbt.training.distributed import pick_device
+from mbt.training.engine import collect_logits
 from mbt.training.loop import (
-    collect_logits,
     load_run_config,
     make_loader,
     metric_name,
