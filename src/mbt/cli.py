@@ -91,7 +91,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mbt.training.evaluate import run_demo
+    from mbt.demo import run_demo
 
     run_demo(args.out, seed=args.seed, baselines=args.baselines, overrides=args.overrides)
     return 0
