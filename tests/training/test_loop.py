@@ -7,16 +7,19 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from mbt import progress
 from mbt.training import engine, loop
 from mbt.training.checkpoint import load_state
 
-from .conftest import tiny_config
+from .conftest import TINY, tiny_config
 
 
 def _weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
@@ -131,6 +134,25 @@ def test_corrupt_clip_is_reported_and_skipped(demo_root, tmp_path, capsys):
     assert s["epochs_run"] == 1
     out = capsys.readouterr()
     assert victim.name in out.out + out.err  # named in the scan report or the skip warning
+
+
+def test_a_log_file_gets_one_line_per_epoch_and_no_progress_frames(demo_cache, tmp_path):
+    # stderr and stdout redirected to files, as under nohup or in CI.
+    run, out, err = tmp_path / "run", tmp_path / "out.log", tmp_path / "err.log"
+    cmd = [sys.executable, "-m", "mbt", "train", "--config", "demo", "--out", str(run)]
+    with out.open("w") as o, err.open("w") as e:
+        r = subprocess.run([*cmd, *TINY, f"data.cache={demo_cache}"], stdout=o, stderr=e)
+    assert r.returncode == 0, err.read_text()
+    assert "\r" not in out.read_text() + err.read_text()  # no tqdm redraws
+    epochs = [line.split()[1] for line in out.read_text().splitlines() if line.startswith("epoch")]
+    assert epochs == ["1/2", "2/2"]
+
+
+def test_a_terminal_gets_progress_bars(demo_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(progress, "interactive", lambda: True)  # stderr "is" a terminal
+    loop.train(tiny_config(f"data.cache={demo_cache}", "train.epochs=1"), None, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "\r" in err and "epoch 1/1" in err and "val 1" in err  # training and validation bars
 
 
 def _free_port() -> int:
