@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from mbt.config import DataConfig, ModelConfig, model_preset
+from mbt.config import DataConfig, ModelConfig, load_config, replace
 from mbt.data.demo import CLASSES, make_demo_data
+
+
+def tiny_model_config(**changes) -> ModelConfig:
+    """The demo's tiny model (``configs/demo.yaml``: 4 layers of width 64, 4 frames of 32x32,
+    128 x 64 log-mel), with ``changes``."""
+    return replace(load_config("demo").model, **changes)
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +27,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_cfg() -> ModelConfig:
     """The tiny model's inputs: 4 frames of 32x32, 128 x 64 log-mel."""
-    return model_preset("tiny", num_classes=len(CLASSES))
+    return tiny_model_config(num_classes=len(CLASSES))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import av
 import pytest
 
 from mbt.cli import build_parser, main
@@ -51,8 +52,6 @@ def test_train_evaluate_predict(demo_root, tmp_path, capsys):
 
 
 def _strip_audio(src, dst) -> None:
-    import av
-
     with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
         s_in = inp.streams.video[0]
         s_out = out.add_stream_from_template(s_in)

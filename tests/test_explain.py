@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from mbt.config import model_preset
 from mbt.explain import bottleneck_attention, explain_clip, plot_attention
 from mbt.model import MBT
+from tests.conftest import tiny_model_config
 from tests.data.media import sine, write_video
 
 
 def _model(**changes) -> MBT:
     torch.manual_seed(0)
-    return MBT(model_preset("tiny", num_classes=3, **changes)).eval()
+    return MBT(tiny_model_config(num_classes=3, **changes)).eval()
 
 
 def _inputs(cfg, batch=2):
@@ -84,7 +84,7 @@ def test_identity_projections_make_bottlenecks_attend_to_themselves():
 
 def test_needs_bottleneck_fusion():
     with pytest.raises(ValueError, match="bottleneck"):
-        bottleneck_attention(_model(fusion="late"), *_inputs(model_preset("tiny")))
+        bottleneck_attention(_model(fusion="late"), *_inputs(tiny_model_config()))
 
 
 def test_plots_and_file_level_command(tmp_path):

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -314,8 +315,6 @@ def test_ddp_rank_with_failed_batch_and_no_val_clip_completes(demo_cache, tmp_pa
     ctx = torch.multiprocessing.spawn(
         _ddp_failing_worker, args=(2, _free_port(), overrides, str(run)), nprocs=2, join=False
     )
-    import time
-
     deadline = time.monotonic() + 120
     try:
         while not ctx.join(timeout=1):
