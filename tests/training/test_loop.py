@@ -98,6 +98,21 @@ def test_resume_after_a_save_interrupted_between_its_renames(demo_cache, tmp_pat
     assert not (last.parent / ".last.old").exists()
 
 
+def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_path):
+    # state.pt of earlier versions has no history / metric_nan: training_log.csv has the history.
+    run = tmp_path / "run"
+    loop.train(tiny_config(f"data.cache={demo_cache}", "train.epochs=1"), None, run)
+    last = run / "checkpoints" / "last"
+    state = load_state(last)
+    del state["history"], state["metric_nan"]
+    torch.save(state, last / "state.pt")
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2")
+    assert loop.train(cfg, None, run, resume=True)["epochs_run"] == 2
+    rows = (run / "training_log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2"]
+    assert [r["epoch"] for r in load_state(last)["history"]] == ["1", "2"]
+
+
 def test_early_stopping_stops(demo_cache, tmp_path):
     # A vanishing lr: the metric cannot improve after epoch 1, patience 1 stops at epoch 2.
     cfg = tiny_config(

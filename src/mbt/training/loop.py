@@ -409,6 +409,7 @@ class EpochResult:
 def _train(
     cfg: RunConfig, data: str | Path | None, run: RunDir, resume: bool, info: dist.DistInfo
 ) -> dict[str, Any]:
+    """:func:`train` inside the process group: the run's steps, in order."""
     if cfg.train.precision == "fp16" and info.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
     resume_dir = check_run_dir(run, resume)
