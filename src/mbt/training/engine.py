@@ -185,7 +185,7 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
     group = _Group()
     for i, batch in enumerate(loader):
         group_size, last_in_group = _accumulation_group(i, len(loader), tc.grad_accum)
-        loss = None
+        loss, b = None, 0
         if _all_have_batch(batch is not None, info):  # None: every clip failed to decode
             sync = last_in_group or not info.distributed
             loss, b = train_step(engine, batch, gen, epoch, group_size, sync)

@@ -42,13 +42,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from mbt import progress
 from mbt.config import RunConfig, TrainConfig, from_dict, load_config, replace, save_config, to_dict
 from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
 from mbt.model import MBT
 from mbt.model.pretrained import init_from_vit
-from mbt.progress import write
 from mbt.training import checkpoint as ckpt
 from mbt.training import distributed as dist
 from mbt.training.engine import (
@@ -528,7 +528,7 @@ def select_best(state: RunState, result: EpochResult, metric: str, is_main: bool
     state.history.append(log_row(result, metric))
     by_loss = math.isnan(val[metric])
     if by_loss and not state.metric_nan and is_main:
-        write(
+        progress.write(
             f"warning: {metric} is NaN (no validation clip is positive for any class); "
             "selecting the best epoch by val_loss instead"
         )
@@ -588,7 +588,7 @@ def save_epoch(
             ckpt.save_checkpoint(run.best, engine.model, saved)
         write_log(run.log, state.history, metric)
         plot_history(state.history, metric, run.plot)
-        write(epoch_line(result, metric, engine.cfg.train.epochs))
+        progress.write(epoch_line(result, metric, engine.cfg.train.epochs))
     dist.barrier()
 
 
