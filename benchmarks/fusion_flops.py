@@ -8,24 +8,22 @@ while vanilla cross-attention grows fast as the fusion layer moves down.
 
 from __future__ import annotations
 
-from mbt.config import model_preset
+from mbt.config import ModelConfig
 from mbt.model.flops import count_flops
 
 
 def main() -> None:
-    late = count_flops(model_preset("paper", fusion="late"))
+    late = count_flops(ModelConfig(fusion="late"))
     rows = [("late fusion", late)]
     for lf in (8, 4, 0):
-        rows.append(
-            (f"bottleneck, Lf={lf}, B=4", count_flops(model_preset("paper", fusion_layer=lf)))
-        )
+        rows.append((f"bottleneck, Lf={lf}, B=4", count_flops(ModelConfig(fusion_layer=lf))))
     for lf in (8, 4, 0):
-        cfg = model_preset("paper", fusion="vanilla", fusion_layer=lf)
+        cfg = ModelConfig(fusion="vanilla", fusion_layer=lf)
         rows.append((f"vanilla cross-attention, Lf={lf}", count_flops(cfg)))
     rows.append(
         (
             "shared encoder, Lf=0",
-            count_flops(model_preset("paper", fusion="shared", fusion_layer=0)),
+            count_flops(ModelConfig(fusion="shared", fusion_layer=0)),
         )
     )
     print(f"{'regime':34s} {'GFLOPs':>9s} {'vs late':>8s}")

@@ -5,9 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from mbt.config import DataConfig, ModelConfig, model_preset
+from mbt.config import DataConfig, ModelConfig, load_config, replace
 from mbt.data.demo import CLASSES, make_demo_data
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped where there is no CUDA device (``-m gpu`` selects them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def tiny_model_config(**changes) -> ModelConfig:
+    """The demo's tiny model (``configs/demo.yaml``: 4 layers of width 64, 4 frames of 32x32,
+    128 x 64 log-mel), with ``changes``."""
+    return replace(load_config("demo").model, **changes)
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +38,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_cfg() -> ModelConfig:
     """The tiny model's inputs: 4 frames of 32x32, 128 x 64 log-mel."""
-    return model_preset("tiny", num_classes=len(CLASSES))
+    return tiny_model_config(num_classes=len(CLASSES))
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
+import av
 import pytest
 
-from mbt.cli import main
+from mbt.cli import build_parser, main
 from mbt.config import PRESET_DIR, load_config
 
 TINY = [
@@ -50,8 +52,6 @@ def test_train_evaluate_predict(demo_root, tmp_path, capsys):
 
 
 def _strip_audio(src, dst) -> None:
-    import av
-
     with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
         s_in = inp.streams.video[0]
         s_out = out.add_stream_from_template(s_in)
@@ -132,3 +132,11 @@ def test_predict_says_audio_is_ignored_by_a_video_only_model(demo_root, tmp_path
     notes = [line for line in out.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "no audio stream" in notes[0] and "--audio" in notes[0]
     assert "(video, 2 views)" in out
+
+
+def test_every_command_takes_debug_after_its_name():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"train", "evaluate", "convert", "export", "explain"} <= set(sub.choices)
+    for name, command in sub.choices.items():
+        assert "--debug" in command.format_help(), name

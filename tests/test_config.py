@@ -9,8 +9,8 @@ from mbt.config import (
     RunConfig,
     from_dict,
     load_config,
-    model_preset,
     parse_override,
+    replace,
     save_config,
     to_dict,
 )
@@ -55,17 +55,59 @@ def test_bad_values_are_errors_naming_the_field(override, message):
 
 
 def test_presets_and_derived_sizes():
-    paper = model_preset("paper")
+    paper = ModelConfig()  # the defaults are the paper's MBT-B/16
     assert paper.video_grid == (8, 14, 14)  # 8 x 196 = 1568 tokens
     assert paper.audio_grid == (50, 8)  # 400 tokens for 800 x 128
+    assert load_config("mbt_b16_paper").model == replace(
+        paper, drop_path_rate=0.3, init="vit_base_patch16_224.augreg_in21k"
+    )
     ast = ModelConfig(audio_frames=1024, audio_patch_stride=10)
     assert ast.audio_grid == (101, 12)  # AST's 1212 overlapping patches
-    assert model_preset("mbt_b16x2").video_grid == (16, 14, 14)  # 3136 tokens
-    assert model_preset("tiny").fusion_start == 2
-    assert model_preset("tiny", fusion="late").fusion_start == 4
-    assert model_preset("tiny", modalities=("audio",)).fusion_start == 4
-    with pytest.raises(ValueError, match="model preset"):
-        model_preset("huge")
+    released = load_config("mbt_b16x2").model
+    assert released.video_grid == (16, 14, 14)  # 3136 tokens
+    assert released.num_bottleneck_tokens == 5  # B = 4, +1 with the token classifier
+    tiny = load_config("demo").model
+    assert tiny.fusion_start == 2
+    assert replace(tiny, fusion="late").fusion_start == 4
+    assert replace(tiny, modalities=("audio",)).fusion_start == 4
+
+
+def test_base_chains_merge_section_by_section(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("base: demo\ntrain:\n  epochs: 3\n")
+    (tmp_path / "sub" / "b.yaml").write_text(
+        "base: ../a.yaml\nmodel:\n  modalities: [audio]\ntrain:\n  lr: 0.01\n"
+    )
+    cfg = load_config(tmp_path / "sub" / "b.yaml", ["train.seed=7"])
+    demo = load_config("demo")
+    assert cfg.model == replace(demo.model, modalities=("audio",))
+    assert cfg.data == demo.data
+    assert cfg.train == replace(demo.train, epochs=3, lr=0.01, seed=7)
+    # The shipped baselines are the demo with one stream.
+    assert load_config("demo_audio") == replace(
+        demo, model=replace(demo.model, modalities=("audio",))
+    )
+
+
+def test_base_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: nope\n")
+    with pytest.raises(ValueError, match="b.yaml: base nope: no such config file or preset"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"base cycle a.yaml -> b.yaml -> a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: [demo]\n")
+    with pytest.raises(ValueError, match="c.yaml: base must be a preset name"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_a_saved_config_is_flat(tmp_path):
+    cfg = load_config("demo_video")
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "base" not in text and "modalities:\n  - video" in text
+    assert load_config(tmp_path / "config.yaml") == cfg
 
 
 def test_parse_override_nests():

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from mbt.cli import main
-from mbt.config import RunConfig, model_preset, save_config
+from mbt.config import RunConfig, save_config
 from mbt.data.video import MediaError
 from mbt.explain import bottleneck_attention, explain_clip, plot_attention
 from mbt.model import MBT
 from mbt.training.checkpoint import save_checkpoint
+from tests.conftest import tiny_model_config
 from tests.data.media import sine, write_video
 
 
 def _model(**changes) -> MBT:
     torch.manual_seed(0)
-    return MBT(model_preset("tiny", num_classes=3, **changes)).eval()
+    return MBT(tiny_model_config(num_classes=3, **changes)).eval()
 
 
 def _inputs(cfg, batch=2):
@@ -89,7 +90,7 @@ def test_identity_projections_make_bottlenecks_attend_to_themselves():
 
 def test_needs_bottleneck_fusion():
     with pytest.raises(ValueError, match="bottleneck"):
-        bottleneck_attention(_model(fusion="late"), *_inputs(model_preset("tiny")))
+        bottleneck_attention(_model(fusion="late"), *_inputs(tiny_model_config()))
 
 
 def test_plots_and_file_level_command(tmp_path):

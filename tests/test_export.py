@@ -9,15 +9,16 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from mbt.cli import main  # noqa: E402
-from mbt.config import model_preset  # noqa: E402
 from mbt.export import check_onnx, export_from_source, export_onnx  # noqa: E402
 from mbt.model import MBT  # noqa: E402
 from mbt.training.checkpoint import save_checkpoint  # noqa: E402
 
+from .conftest import tiny_model_config  # noqa: E402
+
 
 def _model(**changes) -> MBT:
     torch.manual_seed(0)
-    model = MBT(model_preset("tiny", num_classes=3, **changes))
+    model = MBT(tiny_model_config(num_classes=3, **changes))
     with torch.no_grad():
         model.head.weight.normal_()  # zero-initialised heads would make every check pass
     return model.eval()

@@ -3,11 +3,12 @@
 The CLI only parses arguments and dispatches into importable functions (``mbt.training.loop.
 train``, ``mbt.training.evaluate.evaluate_run``, ``mbt.predict.predict`` ...). User errors
 (bad config, missing file, unreadable media) print ``mbt: error: <message>`` on one line and
-exit with status 2; ``--debug`` shows the traceback instead.
+exit with status 2; ``--debug`` (before or after the command name) shows the traceback instead.
 
-Adding a command: write ``register(subparsers)`` in your module (add a parser with
-``subparsers.add_parser(...)`` and ``set_defaults(func=handler)``, where ``handler(args) -> int | None``)
-and list the module in :data:`COMMAND_MODULES`.
+Adding a command: in your module write ``register(sub)``, which adds the command with
+``sub.add_parser(name, ...)`` and ``set_defaults(func=handler)`` (``handler(args) -> int |
+None``), and list the module in :data:`COMMAND_MODULES`. :func:`build_parser` gives every
+command its ``--debug``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Modules that contribute subcommands through ``register(subparsers)``, in help order.
-# Add e.g. "mbt.model.convert" (convert), "mbt.export" (export), "mbt.explain" (explain) here.
+from mbt.config import load_config
+from mbt.data.cache import prepare
+from mbt.data.demo import make_demo_data
+from mbt.data.video import MediaError
+from mbt.demo import run_demo
+from mbt.predict import format_prediction, predict
+from mbt.training.evaluate import evaluate_run, format_report
+from mbt.training.loop import NonFiniteLossError, load_run_config, train
+
+# Modules that contribute subcommands through ``register(sub)``, in help order.
 COMMAND_MODULES: tuple[str, ...] = ("mbt.cli", "mbt.commands_model")
+
+# Errors a user causes (bad config, missing file, unreadable media): one line, status 2.
+# MediaError subclasses ValueError today; listed in case that changes.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    MediaError,
+)
+
+OVERRIDES = dict(nargs="*", metavar="key.sub=value", help="config overrides, applied last")
 
 
 class _Exit(Exception):
@@ -32,25 +52,21 @@ class _Exit(Exception):
         self.status = status
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
-    try:  # MediaError subclasses ValueError today; listed in case that changes
-        from mbt.data.video import MediaError
-
-        errors += (MediaError,)
-    except ImportError:
-        pass
-    return errors
-
-
 # ---------------------------------------------------------------------------------------------
-# handlers: parse -> call an importable function -> print
+# One command each: register (arguments) and handle (parse -> call an importable function)
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model", description="Train MBT on a data set.")
+    p.add_argument("--config", help="config YAML file or preset name (see mbt/configs)")
+    p.add_argument("--data", help="data set folder (overrides data.root)")
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("overrides", **OVERRIDES)
+    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mbt.config import load_config
-    from mbt.training.loop import NonFiniteLossError, load_run_config, train
-
     if args.resume and args.config:
         raise ValueError("give --config for a new run or --resume RUN_DIR, not both")
     if args.resume:
@@ -68,64 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mbt.training.evaluate import evaluate_run, format_report
-
-    result = evaluate_run(
-        args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint,
-        batch_size=args.batch_size, device=args.device,
-    )  # fmt: skip
-    print(format_report(result))
-    return 0
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from mbt.predict import format_prediction, predict
-
-    result = predict(
-        args.source, args.video, audio=args.audio, top_k=args.top_k,
-        checkpoint=args.checkpoint, device=args.device,
-    )  # fmt: skip
-    print(json.dumps(result, indent=1) if args.json else format_prediction(result))
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from mbt.training.evaluate import run_demo
-
-    run_demo(args.out, seed=args.seed, baselines=args.baselines, overrides=args.overrides)
-    return 0
-
-
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    from mbt.config import load_config
-    from mbt.data.cache import prepare
-
-    cfg = load_config(args.config, args.overrides)
-    prepare(args.data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout)
-    return 0
-
-
-def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from mbt.data.demo import make_demo_data
-
-    out = make_demo_data(args.out, seed=args.seed, overwrite=args.overwrite)
-    print(f"demo data written to {out}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """The core commands: train, evaluate, predict, demo, prepare, demo-data."""
-    overrides = dict(nargs="*", metavar="key.sub=value", help="config overrides, applied last")
-
-    p = sub.add_parser("train", help="train a model", description="Train MBT on a data set.")
-    p.add_argument("--config", help="config YAML file or preset name (see mbt/configs)")
-    p.add_argument("--data", help="data set folder (overrides data.root)")
-    p.add_argument("--out", help="run directory (default runs/<config name>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
-    p.add_argument("overrides", **overrides)
-    p.set_defaults(func=_cmd_train)
-
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="evaluate a run (multi-view, per modality)",
         description="Multi-view evaluation of a trained run; writes RUN_DIR/eval.json.",
@@ -138,6 +97,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    result = evaluate_run(
+        args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint,
+        batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    print(format_report(result))
+    return 0
+
+
+def _register_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="classify a video file",
         description="Ranked labels for one video (audio from its own track unless --audio).",
@@ -151,6 +121,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    result = predict(
+        args.source, args.video, audio=args.audio, top_k=args.top_k,
+        checkpoint=args.checkpoint, device=args.device,
+    )  # fmt: skip
+    print(json.dumps(result, indent=1) if args.json else format_prediction(result))
+    return 0
+
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="generate demo data, train, evaluate (a few minutes on CPU)",
         description="Demo data -> cache -> train configs/demo.yaml -> evaluate.",
@@ -161,9 +142,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--baselines", action="store_true",
         help="also train the audio-only and video-only models for comparison",
     )  # fmt: skip
-    p.add_argument("overrides", **overrides)
+    p.add_argument("overrides", **OVERRIDES)
     p.set_defaults(func=_cmd_demo)
 
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(args.out, seed=args.seed, baselines=args.baselines, overrides=args.overrides)
+    return 0
+
+
+def _register_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare", help="decode a data set once into a cache",
         description="Decode every clip once into fixed-size tensors (read with data.cache=CACHE).",
@@ -173,9 +161,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="config whose model/data settings fix the tensor sizes")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per clip before skipping")
-    p.add_argument("overrides", **overrides)
+    p.add_argument("overrides", **OVERRIDES)
     p.set_defaults(func=_cmd_prepare)
 
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    prepare(args.data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout)
+    return 0
+
+
+def _register_demo_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write the demo data set")
     p.add_argument("out", help="folder to create")
     p.add_argument("--seed", type=int, default=0)
@@ -183,37 +179,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo_data)
 
 
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    out = make_demo_data(args.out, seed=args.seed, overwrite=args.overwrite)
+    print(f"demo data written to {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """The core commands: train, evaluate, predict, demo, prepare, demo-data."""
+    _register_train(sub)
+    _register_evaluate(sub)
+    _register_predict(sub)
+    _register_demo(sub)
+    _register_prepare(sub)
+    _register_demo_data(sub)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``mbt`` parser with every command of :data:`COMMAND_MODULES`."""
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument(
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a command's parser leaves args.debug alone unless --debug follows the command,
+    # so `mbt --debug train` is not undone by the train parser's default.
+    parser.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS,
         help="show tracebacks instead of one-line errors",
     )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mbt`` parser with every command of :data:`COMMAND_MODULES`, each with --debug."""
     parser = argparse.ArgumentParser(
-        prog="mbt", parents=[debug],
-        description="Multimodal Bottleneck Transformer: audio-visual classification.",
-    )  # fmt: skip
+        prog="mbt", description="Multimodal Bottleneck Transformer: audio-visual classification."
+    )
+    _add_debug(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    original = sub.add_parser
-
-    def add_parser(name: str, **kwargs):  # every command accepts --debug after its name too
-        kwargs["parents"] = [*kwargs.get("parents", []), debug]
-        return original(name, **kwargs)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in {id(p): p for p in sub.choices.values()}.values():  # aliases share a parser
+        _add_debug(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mbt`` script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
@@ -222,17 +232,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mbt: error: {e}", file=sys.stderr)
         return e.status
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
-            msg = f"{e.filename}: {msg}"
-        print(f"mbt: error: {msg}", file=sys.stderr)
+        print(f"mbt: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mbt: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of the message, naming the file of a FileNotFoundError."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
+        msg = f"{e.filename}: {msg}"
+    return msg
 
 
 if __name__ == "__main__":

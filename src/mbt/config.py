@@ -5,6 +5,10 @@ is), a :class:`DataConfig` (what it reads and how) and a :class:`TrainConfig` (h
 Every field has a default; a YAML file holds only the fields it changes, and command-line
 ``section.field=value`` overrides are applied last. Unknown keys and wrong types are errors,
 and each dataclass validates its own ranges at construction (``ValueError`` naming the field).
+
+A YAML file may start from another one: ``base: demo`` (a preset name, or a path relative to the
+file) loads that file first and merges this one over it, section by section; chains are allowed,
+cycles are errors. The config a run saves is resolved and flat (no ``base``).
 """
 
 from __future__ import annotations
@@ -390,11 +394,18 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def resolve_config_path(name: str | Path) -> Path:
-    """A config file path, or the name of a preset shipped in ``mbt/configs`` (``demo``)."""
+def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file path, or the name of a preset shipped in ``mbt/configs`` (``demo``).
+
+    Args:
+        name: the path or preset name.
+        relative_to: the folder a relative path is relative to (a ``base:`` entry: the folder
+            of the file that names it); default the working directory.
+    """
     p = Path(name)
-    if p.is_file():
-        return p
+    candidate = relative_to / p if relative_to is not None else p  # an absolute p stays itself
+    if candidate.is_file():
+        return candidate
     preset = PRESET_DIR / (p.name if p.suffix else f"{p.name}.yaml")
     if preset.is_file():
         return preset
@@ -412,13 +423,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_preset(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML file at ``path`` merged over its ``base:`` chain (a nested dict, no ``base``).
+
+    Args:
+        path: the file.
+        chain: the files that named this one as their base (to refuse cycles).
+    """
+    chain = (*chain, path.resolve())
+    data = load_yaml(path)
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: base must be a preset name or a file path, got {base!r}")
+    try:
+        base_path = resolve_config_path(base, relative_to=path.parent)
+    except ValueError as e:
+        raise ValueError(f"{path}: base {e}") from None
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(p.name for p in (*chain, base_path.resolve()))
+        raise ValueError(f"{path}: base cycle {cycle}")
+    return _merge(load_preset(base_path, chain), data)
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> RunConfig:
-    """Defaults <- YAML file (a path or preset name) <- ``key.sub=value`` overrides."""
+    """Defaults <- YAML file (a path or preset name, with its ``base:`` chain) <- ``key.sub=value``
+    overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = load_yaml(resolve_config_path(path))
+        data = load_preset(resolve_config_path(path))
     for o in overrides:
         data = _merge(data, parse_override(o))
     return from_dict(RunConfig, data)
@@ -431,27 +467,3 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 def replace(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` that re-validates (frozen dataclasses validate in __post_init__)."""
     return dataclasses.replace(cfg, **changes)
-
-
-def model_preset(name: str, **changes: Any) -> ModelConfig:
-    """Named model sizes: ``tiny`` (CPU tests and demo) and ``paper`` (MBT-B/16, 8 frames)."""
-    presets = {
-        "tiny": dict(
-            width=64,
-            depth=4,
-            num_heads=4,
-            mlp_ratio=2.0,
-            image_size=32,
-            patch_size=8,
-            num_frames=4,
-            audio_frames=128,
-            mel_bins=64,
-            fusion_layer=2,
-            n_bottlenecks=4,
-        ),
-        "paper": {},
-        "mbt_b16x2": dict(num_frames=32, tubelet_size=2, video_pos_embed="joint", n_bottlenecks=5),
-    }
-    if name not in presets:
-        raise ValueError(f"model preset {name!r}: choose from {sorted(presets)}")
-    return ModelConfig(**{**presets[name], **changes})

@@ -14,15 +14,17 @@ import torch
 from safetensors.torch import save_file
 
 import mbt.model
-from mbt.config import DataConfig, RunConfig, model_preset, save_config
+from mbt.config import DataConfig, RunConfig, save_config
 from mbt.model import MBT
 from mbt.model import hub as hub_mod
 from mbt.model.hub import load_model
 
+from ..conftest import tiny_model_config
+
 
 def _model(**changes) -> MBT:
     torch.manual_seed(0)
-    model = MBT(model_preset("tiny", num_classes=3, **changes))
+    model = MBT(tiny_model_config(num_classes=3, **changes))
     with torch.no_grad():
         model.head.weight.normal_()  # non-zero logits
     return model.eval()

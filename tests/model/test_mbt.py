@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mbt.config import model_preset
 from mbt.model import MBT
 from mbt.model.fusion import BottleneckFusion, Separate, SharedFusion, VanillaFusion
+
+from ..conftest import tiny_model_config
 
 REGIMES = ["bottleneck", "vanilla", "shared", "late"]
 
 
 def tiny(**kw):
-    return model_preset("tiny", **kw)
+    return tiny_model_config(**kw)
 
 
 def inputs(cfg, batch=2, seed=0):

@@ -7,10 +7,12 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from mbt.config import model_preset
+from mbt.config import ModelConfig
 from mbt.model import MBT
 from mbt.model.flops import count_flops
 from mbt.model.pretrained import inflate_kernel, init_from_vit, load_vit_state_dict, resize_grid
+
+from ..conftest import tiny_model_config
 
 
 def tiny_vit(seed: int = 0) -> VisionTransformer:
@@ -25,7 +27,7 @@ def tiny_vit(seed: int = 0) -> VisionTransformer:
 
 
 def one_frame_late(**kw) -> MBT:
-    return MBT(model_preset("tiny", num_frames=1, fusion="late", **kw)).eval()
+    return MBT(tiny_model_config(num_frames=1, fusion="late", **kw)).eval()
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
@@ -56,7 +58,7 @@ def test_loaded_checkpoint_round_trips_every_tensor(tmp_path):
     assert set(sd) == set(vit.state_dict())
     for k, v in vit.state_dict().items():
         assert torch.equal(sd[k], v), k
-    model = MBT(model_preset("tiny", audio_patch_size=8, audio_patch_stride=8))
+    model = MBT(tiny_model_config(audio_patch_size=8, audio_patch_stride=8))
     init_from_vit(model, path)
     for layer, block in zip(model.layers, vit.blocks, strict=True):
         for stream in layer.blocks.values():
@@ -101,7 +103,7 @@ def test_positional_grid_is_resized_in_two_dimensions():
 
 def test_video_and_audio_grids_resized_for_the_model():
     vit = tiny_vit()
-    cfg = model_preset("tiny", image_size=48, audio_frames=96, mel_bins=32)  # 6x6, (6, 2) grids
+    cfg = tiny_model_config(image_size=48, audio_frames=96, mel_bins=32)  # 6x6, (6, 2) grids
     model = MBT(cfg)
     init_from_vit(model, {k: v for k, v in vit.state_dict().items()})
     grid = vit.pos_embed[:, 1:]
@@ -126,7 +128,7 @@ def test_tubelet_kernel_inflation(method):
 
 def test_tubelet_model_from_vit_uses_central_frame_and_joint_table():
     vit = tiny_vit()
-    cfg = model_preset("tiny", tubelet_size=2, video_pos_embed="joint")
+    cfg = tiny_model_config(tubelet_size=2, video_pos_embed="joint")
     model = MBT(cfg)
     init_from_vit(model, dict(vit.state_dict()))
     w = model.embed["video"].proj.weight
@@ -138,9 +140,9 @@ def test_tubelet_model_from_vit_uses_central_frame_and_joint_table():
 def test_mismatches_name_the_key(tmp_path):
     vit = tiny_vit()
     with pytest.raises(ValueError, match=r"blocks\.0\.norm1\.weight: checkpoint shape"):
-        init_from_vit(MBT(model_preset("tiny", width=32)), dict(vit.state_dict()))
+        init_from_vit(MBT(tiny_model_config(width=32)), dict(vit.state_dict()))
     with pytest.raises(ValueError, match="checkpoint has 4 blocks, model.depth is 2"):
-        init_from_vit(MBT(model_preset("tiny", depth=2, fusion_layer=1)), dict(vit.state_dict()))
+        init_from_vit(MBT(tiny_model_config(depth=2, fusion_layer=1)), dict(vit.state_dict()))
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_vit_state_dict(tmp_path / "nope.safetensors")
     bad = tmp_path / "bad.pth"
@@ -154,8 +156,8 @@ def test_bottleneck_fusion_costs_almost_nothing_over_late_fusion():
 
     Measured numbers are printed by ``benchmarks/fusion_flops.py`` and recorded in the README.
     """
-    late = count_flops(model_preset("paper", fusion="late"))
-    mbt = count_flops(model_preset("paper", fusion="bottleneck", fusion_layer=8, n_bottlenecks=4))
-    vanilla0 = count_flops(model_preset("paper", fusion="vanilla", fusion_layer=0))
+    late = count_flops(ModelConfig(fusion="late"))
+    mbt = count_flops(ModelConfig(fusion="bottleneck", fusion_layer=8, n_bottlenecks=4))
+    vanilla0 = count_flops(ModelConfig(fusion="vanilla", fusion_layer=0))
     assert late < mbt <= 1.02 * late
     assert vanilla0 > 2.0 * late

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mbt.config import RunConfig, load_config
+from mbt.data.cache import prepare
 
 # A smaller model than the demo's, CPU, one thread, in-process loading: each epoch takes ~1 s.
 TINY = [
@@ -25,8 +26,6 @@ def tiny_config(*overrides: str) -> RunConfig:
 @pytest.fixture(scope="session")
 def demo_cache(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo clips decoded once (``mbt prepare``) with the tiny config's sizes."""
-    from mbt.data.cache import prepare
-
     cfg = tiny_config()
     out = tmp_path_factory.mktemp("cache") / "cache"
     prepare(demo_root, out, cfg.data, cfg.model, workers=1, progress=False)

@@ -9,7 +9,7 @@ import torch.distributed as tdist
 from mbt.training import distributed as dist
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs a CUDA device")
+@pytest.mark.gpu  # NCCL needs a CUDA device
 def test_all_reduce_sum_of_a_cpu_tensor_under_nccl(tmp_path):
     """The loop sums CPU tensors (loss totals, the non-finite flag); NCCL only reduces CUDA
     tensors, so a multi-GPU run must not fail on them."""

@@ -1,5 +1,5 @@
-"""The training engine on tiny data: resume equality, early stopping, non-finite loss, skipped
-clips, data parallel equality, modality dropout."""
+"""The training run on tiny data: resume equality, early stopping, non-finite loss, skipped
+clips, data parallel equality, logs without progress bars."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mbt.training import loop
+from mbt import progress
+from mbt.training import engine, loop
 from mbt.training.checkpoint import load_state
 
-from .conftest import tiny_config
+from .conftest import TINY, tiny_config
 
 
 def _weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
@@ -94,6 +98,21 @@ def test_resume_after_a_save_interrupted_between_its_renames(demo_cache, tmp_pat
     assert not (last.parent / ".last.old").exists()
 
 
+def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_path):
+    # state.pt of earlier versions has no history / metric_nan: training_log.csv has the history.
+    run = tmp_path / "run"
+    loop.train(tiny_config(f"data.cache={demo_cache}", "train.epochs=1"), None, run)
+    last = run / "checkpoints" / "last"
+    state = load_state(last)
+    del state["history"], state["metric_nan"]
+    torch.save(state, last / "state.pt")
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2")
+    assert loop.train(cfg, None, run, resume=True)["epochs_run"] == 2
+    rows = (run / "training_log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2"]
+    assert [r["epoch"] for r in load_state(last)["history"]] == ["1", "2"]
+
+
 def test_early_stopping_stops(demo_cache, tmp_path):
     # A vanishing lr: the metric cannot improve after epoch 1, patience 1 stops at epoch 2.
     cfg = tiny_config(
@@ -105,14 +124,14 @@ def test_early_stopping_stops(demo_cache, tmp_path):
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(demo_cache, tmp_path, monkeypatch):
     cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=3")
-    real, calls = loop.training_loss, []
+    real, calls = engine.training_loss, []
 
     def nan_in_epoch_2(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) > 4 else loss  # 4 batches per epoch
 
-    monkeypatch.setattr(loop, "training_loss", nan_in_epoch_2)
+    monkeypatch.setattr(engine, "training_loss", nan_in_epoch_2)
     run = tmp_path / "run"
     with pytest.raises(loop.NonFiniteLossError, match="epoch 2.*Last good checkpoint"):
         loop.train(cfg, None, run)
@@ -133,16 +152,23 @@ def test_corrupt_clip_is_reported_and_skipped(demo_root, tmp_path, capsys):
     assert victim.name in out.out + out.err  # named in the scan report or the skip warning
 
 
-def test_drop_modality_zeroes_one_input_per_dropped_clip():
-    g = torch.Generator().manual_seed(0)
-    inputs = {"video": torch.ones(64, 2, 3, 4, 4), "audio": torch.ones(64, 8, 4)}
-    out = loop.drop_modality(inputs, 0.5, g)
-    v = out["video"].flatten(1).amax(1)
-    a = out["audio"].flatten(1).amax(1)
-    assert ((v == 0) & (a == 0)).sum() == 0  # never both
-    dropped = (v == 0).sum() + (a == 0).sum()
-    assert 16 <= dropped <= 48  # about half of 64
-    assert loop.drop_modality({"video": inputs["video"]}, 0.5, g)["video"].equal(inputs["video"])
+def test_a_log_file_gets_one_line_per_epoch_and_no_progress_frames(demo_cache, tmp_path):
+    # stderr and stdout redirected to files, as under nohup or in CI.
+    run, out, err = tmp_path / "run", tmp_path / "out.log", tmp_path / "err.log"
+    cmd = [sys.executable, "-m", "mbt", "train", "--config", "demo", "--out", str(run)]
+    with out.open("w") as o, err.open("w") as e:
+        r = subprocess.run([*cmd, *TINY, f"data.cache={demo_cache}"], stdout=o, stderr=e)
+    assert r.returncode == 0, err.read_text()
+    assert "\r" not in out.read_text() + err.read_text()  # no tqdm redraws
+    epochs = [line.split()[1] for line in out.read_text().splitlines() if line.startswith("epoch")]
+    assert epochs == ["1/2", "2/2"]
+
+
+def test_a_terminal_gets_progress_bars(demo_cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(progress, "interactive", lambda: True)  # stderr "is" a terminal
+    loop.train(tiny_config(f"data.cache={demo_cache}", "train.epochs=1"), None, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "\r" in err and "epoch 1/1" in err and "val 1" in err  # training and validation bars
 
 
 def _free_port() -> int:
@@ -264,14 +290,14 @@ def _patch_splits(fail: range, val_clips: int | None = None) -> None:
 
 
 def test_a_group_of_failed_batches_takes_no_optimizer_step(demo_cache, tmp_path, monkeypatch):
-    real_step, steps = loop._optimizer_step, []
+    real_step, steps = engine._optimizer_step, []
 
     def record(engine, *args, **kwargs):
         grads = any(p.grad is not None for p in engine.model.parameters())
         steps.append((grads, kwargs.get("take", args[0] if args else True)))
         real_step(engine, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "_optimizer_step", record)
+    monkeypatch.setattr(engine, "_optimizer_step", record)
     monkeypatch.setattr(loop, "open_split", loop.open_split)
     _patch_splits(range(8))  # the first accumulation group: 2 batches of 4 clips
     cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=1", "train.grad_accum=2")
@@ -304,8 +330,6 @@ def test_ddp_rank_with_failed_batch_and_no_val_clip_completes(demo_cache, tmp_pa
     ctx = torch.multiprocessing.spawn(
         _ddp_failing_worker, args=(2, _free_port(), overrides, str(run)), nprocs=2, join=False
     )
-    import time
-
     deadline = time.monotonic() + 120
     try:
         while not ctx.join(timeout=1):
@@ -321,28 +345,3 @@ def test_ddp_rank_with_failed_batch_and_no_val_clip_completes(demo_cache, tmp_pa
         assert torch.equal(a[k], b[k]), k
     header, row = (run / "training_log.csv").read_text().splitlines()
     assert row.split(",")[3] in ("0.000000", "1.000000")  # val_acc of the single val clip
-
-
-def test_collect_logits_on_a_process_without_clips(demo_cache, monkeypatch):
-    # The val split is smaller than the world size: this process's shard is empty.
-    cfg = tiny_config(f"data.cache={demo_cache}")
-    val = loop.open_split(cfg, "val", None, train=False)
-    cfg = loop.replace(cfg, model=loop.replace(cfg.model, num_classes=len(val.classes)))
-    model = loop.build_model(cfg)
-    dev = torch.device("cpu")
-    loader = loop.make_loader(torch.utils.data.Subset(val, range(3)), 4, None, 0, dev)
-    variants = {"fusion": {}, "video_only": {"audio": None}}
-    other = loop.collect_logits(model, loader, dev, variants=variants)  # the other process
-    parts = []
-
-    def gather(local):
-        parts.append(local)
-        return [(other[0], other[1], other[2]), local]
-
-    monkeypatch.setattr(loop.dist, "all_gather_objects", gather)
-    logits, labels, idx = loop.collect_logits(model, [], dev, variants=variants)
-    assert parts[0][0]["fusion"].shape == (0, len(val.classes))
-    for k in variants:
-        assert logits[k].equal(other[0][k]), k
-    assert labels.equal(other[1])
-    assert idx.tolist() == [0, 1, 2]

@@ -7,7 +7,10 @@ import torch
 from torch import nn
 
 from mbt.config import TrainConfig
+from mbt.model import MBT
 from mbt.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+
+from ..conftest import tiny_model_config
 
 
 class _Net(nn.Module):
@@ -31,10 +34,7 @@ def test_weight_decay_only_on_weights():
 
 
 def test_weight_decay_groups_of_the_real_model():
-    from mbt.config import model_preset
-    from mbt.model import MBT
-
-    model = MBT(model_preset("tiny"))
+    model = MBT(tiny_model_config())
     groups = {g["weight_decay"]: g["names"] for g in param_groups(model, 0.1)}
     decayed = groups[0.1]
     params = dict(model.named_parameters())

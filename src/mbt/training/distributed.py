@@ -99,15 +99,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every process."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 class ShardSampler(Sampler[int]):
     """Every ``world_size``-th index from ``rank``, in order, without padding: evaluation sees
     each clip exactly once over all processes (unlike ``DistributedSampler``, which repeats)."""

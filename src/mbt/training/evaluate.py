@@ -5,25 +5,23 @@ spatial crops per clip, logits averaged over the views. Every split is scored fo
 two-stream model: audio+video as trained, audio only, video only (the other stream not run at
 all), and audio+video with fusion switched off (``fuse=False``, the official
 ``test_with_bottlenecks=False``).
-
-:func:`run_demo` chains data generation, caching, training and evaluation for ``mbt demo``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mbt.config import RunConfig, load_config, replace
+from mbt.config import RunConfig, replace
 from mbt.model.hub import STATE, LoadedModel, load_model, read_state
 from mbt.training.distributed import pick_device
-from mbt.training.loop import collect_logits, make_loader, metric_name, open_split, scan_data
+from mbt.training.engine import collect_logits
+from mbt.training.loop import make_loader, metric_name, open_split, scan_data
 from mbt.training.metrics import classification_metrics, confusion_matrix, plot_confusion
 
 # name -> forward arguments; "av" is the model as trained.
@@ -189,71 +187,3 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(f"  {name:<28}" + ("   n/a" if math.isnan(v) else f"{100 * v:>6.1f}%"))
     del key
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# mbt demo
-
-
-def run_demo(
-    out: str | Path = "runs/demo",
-    seed: int = 0,
-    baselines: bool = False,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """``mbt demo``: demo data -> cache -> train ``configs/demo.yaml`` -> evaluate.
-
-    Layout of ``out``: ``data/`` (the generated clips, kept between runs), ``cache/``, ``run/``
-    (and ``run_audio/``, ``run_video/`` with ``baselines``), ``demo.json``. Runs are replaced.
-
-    Args:
-        out: demo folder.
-        seed: demo data seed.
-        baselines: also train ``demo_audio`` and ``demo_video`` (each modality alone cannot
-            exceed 50 % on this data; the fused model should reach >= 90 %).
-        overrides: ``key=value`` config overrides for every run.
-
-    Returns:
-        ``{name: {"val_acc", "eval": eval_result, "time_s"}}`` per trained config.
-    """
-    from mbt.data.cache import prepare
-    from mbt.data.demo import make_demo_data
-    from mbt.training.loop import train
-
-    out = Path(out)
-    data = out / "data"
-    if not (data / "README.txt").is_file():
-        print(f"writing demo data to {data}")
-        make_demo_data(data, seed=seed, overwrite=True)
-    runs = {"demo": "run"}
-    if baselines:
-        runs |= {"demo_audio": "run_audio", "demo_video": "run_video"}
-    summary: dict[str, Any] = {}
-    cache = out / "cache"
-    for preset, sub in runs.items():
-        cfg = load_config(preset, overrides)
-        if not (cache / "index.json").is_file():
-            # Decoding once makes every epoch ~10x cheaper than reading the mp4 / wav files.
-            print(f"decoding the demo clips once into {cache}")
-            prepare(data, cache, cfg.data, cfg.model, workers=2)
-        cfg = replace(cfg, data=replace(cfg.data, cache=str(cache)))
-        run = out / sub
-        shutil.rmtree(run, ignore_errors=True)
-        start = time.perf_counter()
-        s = train(cfg, data, run)
-        ev = evaluate_run(run)
-        summary[preset] = {
-            "val_acc_best": s["best_metric"],
-            "eval_top1": ev["results"]["av"]["top1"],
-            "time_s": time.perf_counter() - start,
-            "run_dir": str(run),
-        }
-        print(format_report(ev))
-    (out / "demo.json").write_text(json.dumps(summary, indent=1))
-    print("\ndemo summary (validation, multi-view):")
-    for preset, s in summary.items():
-        print(
-            f"  {preset:<12} top-1 {100 * s['eval_top1']:5.1f}%   {s['time_s']:6.1f}s   "
-            f"{s['run_dir']}"
-        )
-    return summary

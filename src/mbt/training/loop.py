@@ -1,11 +1,19 @@
-"""The training engine: :func:`train_one_epoch`, :func:`validate` and :func:`train`.
+"""The training run: :func:`train` (MAE's ``main_finetune``; one epoch is :mod:`.engine`).
 
-Data flow of one run::
+A run, step by step (:func:`_train` reads as this list)::
 
-    scan(data) -> AVDataset / CachedDataset -> DataLoader (DistributedSampler, seeded per epoch)
-      -> [mixup, modality dropout] -> MBT(video, audio, per_modality=True) -> loss
-      -> backward (autocast, GradScaler, accumulation) -> clip -> optimizer + per-step schedule
-      -> validate on val every epoch -> training_log.csv, plot.png, checkpoints last/ best/
+    check_run_dir     out/ is new, or holds checkpoints/last to --resume
+    setup_data        scan(data) -> train / val AVDataset or CachedDataset -> DataLoaders
+                      (DistributedSampler seeded per epoch; ShardSampler for val)
+    build_engine      seed -> MBT -> [ViT init] -> [DDP, compile] -> optimizer, schedule, scaler
+    restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
+    write_run_files   config.yaml (resolved, flat), classes.json
+    every epoch       run_epoch (train_one_epoch + validate) -> select_best (best? patience)
+                      -> save_epoch (checkpoints last/ best/, training_log.csv, plot.png)
+    summarise         the summary dict and the closing line
+
+Everything the run knows between epochs is one :class:`RunState`, saved in every checkpoint's
+``state.pt`` beside the optimizer, schedule, scaler and RNG states.
 
 Determinism: the shuffling order is a function of (seed, epoch) (``DistributedSampler``), mixup
 and modality dropout draw from a generator seeded with (seed, epoch, rank), the data set's
@@ -18,37 +26,44 @@ Batch size: ``train.batch_size`` is per process; the effective batch is
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import dataclasses
 import json
 import math
 import random
 import time
-import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
-from mbt.config import RunConfig, from_dict, replace, save_config, to_dict
+from mbt import progress
+from mbt.config import RunConfig, TrainConfig, from_dict, load_config, replace, save_config, to_dict
+from mbt.data.cache import open_dataset
+from mbt.data.dataset import collate_skip_failed
+from mbt.data.layouts import DataIndex, scan
+from mbt.model import MBT
+from mbt.model.pretrained import init_from_vit
 from mbt.training import checkpoint as ckpt
 from mbt.training import distributed as dist
-from mbt.training.metrics import classification_metrics
+from mbt.training.engine import (
+    Engine,
+    EpochStats,
+    NonFiniteLossError,
+    current_lr,
+    train_one_epoch,
+    validate,
+)
 from mbt.training.optim import build_optimizer, build_scheduler
 
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "{metric}", "lr", "time", "clips_per_s")
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops, checkpoints stay intact."""
+__all__ = ["NonFiniteLossError", "RunState", "load_run_config", "train"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,12 +79,10 @@ def resolve_data(cfg: RunConfig, data: str | Path | None) -> RunConfig:
     return cfg
 
 
-def scan_data(cfg: RunConfig):
+def scan_data(cfg: RunConfig) -> DataIndex | None:
     """Index the media data set (``DataIndex``), or None when reading a prepared cache."""
     if cfg.data.cache:
         return None
-    from mbt.data.layouts import scan
-
     modalities = cfg.model.modalities
     return scan(
         cfg.data.root, cfg.data,
@@ -88,373 +101,199 @@ def open_split(
     A clip that fails to decode is skipped (logged by the data set, dropped by the collate
     function), never replaced by a made-up item.
     """
-    from mbt.data.cache import open_dataset
-
     return open_dataset(
         cfg.data, cfg.model, split, train=train, views=views, crops=crops,
         seed=cfg.train.seed, on_error="skip", index=index,
     )  # fmt: skip
 
 
-def _collate():
-    from mbt.data.dataset import collate_skip_failed
-
-    return collate_skip_failed
-
-
 def make_loader(
     dataset: Dataset, batch_size: int, sampler, num_workers: int, device: torch.device
 ) -> DataLoader:
+    """A loader whose batches drop the clips that failed to decode (None: all of them)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=_collate(),
+        collate_fn=collate_skip_failed,
         pin_memory=device.type == "cuda",
         drop_last=False,
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# One step
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast (CPU and GPU), fp16 autocast (GPU), or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def model_inputs(
-    batch: dict, modalities: Iterable[str], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """``{"video": ..., "audio": ...}`` for the modalities the model was built with."""
-    return {m: batch[m].to(device, non_blocking=True) for m in modalities}
-
-
-def soft_targets(labels: torch.Tensor, num_classes: int, multi_label: bool) -> torch.Tensor:
-    """(B, C) float targets: one-hot for single-label ints, the multi-hot as float otherwise."""
-    if multi_label:
-        return labels.float()
-    return F.one_hot(labels.long(), num_classes).float()
-
-
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """Softmax cross-entropy (single-label) or sigmoid BCE (multi-label) on soft targets.
-
-    Args:
-        logits: (B, C).
-        targets: (B, C) probabilities (one-hot, smoothed or mixed).
-    """
-    logits = logits.float()
-    if multi_label:
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-
-
-def training_loss(
-    per_modality: dict[str, torch.Tensor],
-    targets: torch.Tensor,
-    multi_label: bool,
-    per_modality_loss: bool,
-) -> torch.Tensor:
-    """Mean of the per-modality losses (official), or the loss of the mean logits."""
-    if per_modality_loss:
-        return torch.stack(
-            [loss_fn(lg, targets, multi_label) for lg in per_modality.values()]
-        ).mean()
-    return loss_fn(torch.stack(list(per_modality.values())).mean(0), targets, multi_label)
-
-
-def drop_modality(
-    inputs: dict[str, torch.Tensor], p: float, generator: torch.Generator
-) -> dict[str, torch.Tensor]:
-    """Modality dropout: for a fraction ``p`` of the clips zero the input of one modality
-    (audio or video with equal chance), so the model learns to classify from either alone.
-
-    The clip keeps its place in the batch (no per-clip forward); a zeroed input is exactly
-    what a clip without a sound track looks like with ``data.missing_audio=silence``.
-    """
-    if p <= 0 or len(inputs) < 2:
-        return inputs
-    names = sorted(inputs)
-    b = next(iter(inputs.values())).shape[0]
-    drop = torch.rand(b, generator=generator) < p  # (B,)
-    which = torch.randint(len(names), (b,), generator=generator)  # (B,)
-    out = {}
-    for i, m in enumerate(names):
-        keep = ~(drop & (which == i))
-        shape = (b,) + (1,) * (inputs[m].ndim - 1)
-        out[m] = inputs[m] * keep.view(shape).to(inputs[m])
-    return out
-
-
-def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + rank)
-
-
-# ---------------------------------------------------------------------------------------------
-# Engine
-
-
 @dataclass
-class EpochStats:
-    loss: float
-    clips: int
-    seconds: float
-    skipped: int = 0
+class RunData:
+    """The two splits of a run, their loaders, and what the data says about the model."""
 
-
-@dataclass
-class Engine:
-    """The pieces one training step needs, built once by :func:`train`."""
-
-    cfg: RunConfig
-    model: nn.Module  # unwrapped (checkpoints, evaluation)
-    net: nn.Module  # what runs the training forward: DDP and / or compiled wrapper of model
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    info: dist.DistInfo
+    train: Dataset
+    val: Dataset
+    sampler: DistributedSampler  # the training order, reseeded every epoch
+    train_loader: DataLoader
+    val_loader: DataLoader
+    classes: list[str]
     multi_label: bool
-    step: int = 0  # optimizer steps taken
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStats:
-    """One pass over ``loader``: forward, loss, backward, (accumulated) optimizer steps.
-
-    A batch whose every clip failed to decode (collate gives None) is skipped. Under DDP every
-    process must issue the same collectives, so the processes agree on each step (an all-reduce
-    of a "batch ok" flag): when any process has no batch, all of them skip that step (the other
-    processes' clips of that step count as skipped). An accumulation group without a single
-    backward pass takes no optimizer / GradScaler step (the schedule still advances by one step,
-    so the learning rate stays a function of the epoch); when the group's last batch was skipped
-    after earlier ones ran under ``no_sync``, the accumulated gradients are averaged over the
-    processes by hand before the step.
-
-    Raises:
-        NonFiniteLossError: the loss of a batch is NaN or infinite (on any process).
-    """
-    tc = engine.cfg.train
-    device, info = engine.info.device, engine.info
-    modalities = engine.model.cfg.modalities
-    num_classes = engine.model.cfg.num_classes
-    gen = _epoch_generator(tc.seed, epoch, info.rank)
-    engine.net.train()
-    accum = tc.grad_accum
-    n_batches = len(loader)
-    total_loss, total_clips = torch.zeros((), dtype=torch.float64), 0
-    start = time.perf_counter()
-    bar = tqdm(
-        total=len(loader.sampler) * info.world_size,
-        desc=f"epoch {epoch + 1}/{tc.epochs}",
-        unit="clip",
-        disable=not info.is_main,
-        dynamic_ncols=True,
-        leave=False,
-    )
-    engine.optimizer.zero_grad(set_to_none=True)
-    group_backward, group_synced = False, False  # any backward in this group; was it all-reduced
-    for i, batch in enumerate(loader):
-        # The accumulation group this batch belongs to, and its size (the last may be short).
-        group_start = (i // accum) * accum
-        group_size = min(accum, n_batches - group_start)
-        last_in_group = i == group_start + group_size - 1
-        # None: every clip of the batch failed to decode (reported by the data set).
-        if not _all_have_batch(batch is not None, info):
-            if last_in_group:
-                if group_backward and info.distributed and not group_synced:
-                    _average_gradients(engine.model, info.world_size)
-                _optimizer_step(engine, take=group_backward)
-                group_backward, group_synced = False, False
-            continue
-        inputs = model_inputs(batch, modalities, device)
-        targets = soft_targets(batch["label"], num_classes, engine.multi_label).to(device)
-        if tc.mixup_alpha > 0:
-            inputs, targets = _mixup(inputs, targets, tc.mixup_alpha, gen)
-        if tc.label_smoothing > 0:
-            # scenic's apply_label_smoothing: y (1 - eps) + eps / C, for softmax and sigmoid.
-            targets = targets * (1 - tc.label_smoothing) + tc.label_smoothing / num_classes
-        inputs = drop_modality(inputs, tc.modality_dropout, gen)
-        sync = last_in_group or not info.distributed
-        ctx = contextlib.nullcontext() if sync else engine.net.no_sync()
-        with ctx:
-            with autocast(device, tc.precision):
-                per = engine.net(**inputs, per_modality=True)
-            loss = training_loss(per, targets, engine.multi_label, tc.per_modality_loss)
-            _check_finite(loss, epoch, engine.step)
-            engine.scaler.scale(loss / group_size).backward()
-        group_backward, group_synced = True, sync
-        b = targets.shape[0]
-        total_loss += loss.detach().double().cpu() * b
-        total_clips += b
-        if last_in_group:
-            _optimizer_step(engine)
-            group_backward, group_synced = False, False
-        bar.update(b * info.world_size)
-        if i % max(1, tc.log_every) == 0 or i == n_batches - 1:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{_lr(engine):.2e}")
-    bar.close()
-    # Mean loss over every process's clips; clips that failed to decode were dropped by collate.
-    skipped = len(loader.sampler) - total_clips
-    sums = torch.tensor([total_loss.item(), total_clips, skipped], dtype=torch.float64)
-    sums = dist.all_reduce_sum(sums)
-    loss_mean = (sums[0] / sums[1]).item() if sums[1] > 0 else math.nan
-    return EpochStats(loss_mean, int(sums[1]), time.perf_counter() - start, int(sums[2]))
-
-
-def _mixup(inputs, targets, alpha, gen):
-    from mbt.data.transforms import mixup
-
-    video, audio, targets, _ = mixup(inputs.get("video"), inputs.get("audio"), targets, alpha, gen)
-    out = {"video": video, "audio": audio}
-    return {m: out[m] for m in inputs}, targets
-
-
-def _lr(engine: Engine) -> float:
-    return engine.optimizer.param_groups[0]["lr"]
-
-
-def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
-    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0])
-    if dist.all_reduce_sum(bad).item() > 0:
-        raise NonFiniteLossError(
-            f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {step}"
-        )
-
-
-def _all_have_batch(ok: bool, info: dist.DistInfo) -> bool:
-    """Whether every process has a batch for this step (``ok`` itself in a single process)."""
-    if not info.distributed:
-        return ok
-    flag = torch.tensor([1.0 if ok else 0.0])
-    return dist.all_reduce_sum(flag).item() == info.world_size
-
-
-def _average_gradients(model: nn.Module, world_size: int) -> None:
-    """Average the gradients over the processes, as DDP's synchronising backward would."""
-    for p in model.parameters():
-        if p.grad is not None:
-            dist.all_reduce_sum(p.grad)
-            p.grad /= world_size
-
-
-def _optimizer_step(engine: Engine, take: bool = True) -> None:
-    """The optimizer (and GradScaler) step of an accumulation group, then the schedule's step.
-
-    ``take=False`` (the group had no backward pass: no gradients) only advances the schedule.
-    """
-    tc = engine.cfg.train
-    if take:
-        if tc.grad_clip > 0:
-            engine.scaler.unscale_(engine.optimizer)
-            torch.nn.utils.clip_grad_norm_(engine.model.parameters(), tc.grad_clip)
-        engine.scaler.step(engine.optimizer)
-        engine.scaler.update()
-    engine.optimizer.zero_grad(set_to_none=True)
-    with warnings.catch_warnings():  # a skipped first step: "lr_scheduler.step() before ..."
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-        engine.scheduler.step()
-    engine.step += 1
-
-
-@torch.no_grad()
-def collect_logits(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    precision: str = "fp32",
-    variants: dict[str, dict] | None = None,
-    desc: str = "eval",
-    show: bool = True,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Run ``model`` over ``loader`` and gather the logits of every clip on every process.
-
-    Multi-view items (video (V, T, 3, H, W), audio (V, T_a, F)) are flattened into the batch
-    and their logits averaged over the V views.
-
-    Args:
-        model: the unwrapped model.
-        loader: evaluation loader (a :class:`~mbt.training.distributed.ShardSampler` under DDP).
-        device: where to run.
-        precision: ``fp32`` / ``bf16`` / ``fp16`` autocast.
-        variants: ``{name: forward kwargs}``, e.g. ``{"video_only": {"audio": None}}`` to drop an
-            input or ``{"no_fusion": {"fuse": False}}``; default ``{"fusion": {}}``.
-        desc: progress-bar label.
-        show: progress bar on this process.
+def setup_data(
+    cfg: RunConfig, data: str | Path | None, info: dist.DistInfo
+) -> tuple[RunConfig, RunData]:
+    """Scan ``data`` (or open the cache) and build both splits and their loaders.
 
     Returns:
-        ``({variant: logits (N, C) float32}, targets (N,) or (N, C), clip indices (N,))``, in
-        the data set's order.
+        The config with ``data.root``, ``model.num_classes`` and ``data.multi_label`` set from
+        the data, and the :class:`RunData`.
     """
-    variants = variants or {"fusion": {}}
-    modalities = model.cfg.modalities
-    # A variant that leaves the model no input is skipped (decided up front, so a process with
-    # no clips at all, e.g. a val split smaller than the world size, agrees with the others).
-    variants = {
-        k: kw
-        for k, kw in variants.items()
-        if not all(
-            {**dict.fromkeys(modalities, True), **kw}.get(m) is None for m in ("video", "audio")
-        )
-    }
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in variants}
-    targets, indices = [], []
-    for batch in tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True):
-        if batch is None:
-            continue
-        inputs = model_inputs(batch, modalities, device)
-        b = next(iter(inputs.values())).shape[0]
-        # (B, V, T, 3, H, W) / (B, V, T_a, F) at multi-view evaluation, one dim less otherwise.
-        multi_view = inputs["video"].ndim == 6 if "video" in inputs else inputs["audio"].ndim == 4
-        if multi_view:  # (B, V, ...) -> (B * V, ...)
-            inputs = {m: x.flatten(0, 1) for m, x in inputs.items()}
-        for name, kwargs in variants.items():
-            args = {**inputs, **kwargs}
-            with autocast(device, precision):
-                logits = model(**args).float()  # (B * V, C)
-            out[name].append(logits.view(b, -1, logits.shape[-1]).mean(1).cpu())  # (B, C)
-        targets.append(batch["label"])
-        indices.append(torch.as_tensor(batch["index"]))
-    num_classes = model.cfg.num_classes
-    local = (  # a process without clips sends (0, C) logits and no targets
-        {k: torch.cat(v) if v else torch.empty(0, num_classes) for k, v in out.items()},
-        torch.cat(targets) if targets else None,
-        torch.cat(indices) if indices else torch.empty(0, dtype=torch.long),
+    cfg = resolve_data(cfg, data)
+    index = scan_data(cfg)
+    if info.is_main:
+        print(index.report.format() if index else f"data: prepared cache {cfg.data.cache}")
+    train_ds = open_split(cfg, "train", index, train=True)
+    val_ds = open_split(cfg, "val", index, train=False)
+    classes, multi_label = list(train_ds.classes), bool(train_ds.multi_label)
+    _check_splits(cfg, train_ds, val_ds, multi_label)
+    cfg = replace(
+        cfg,
+        model=replace(cfg.model, num_classes=len(classes)),
+        data=replace(cfg.data, multi_label=multi_label),
     )
-    parts = dist.all_gather_objects(local)
-    idx = torch.cat([p[2] for p in parts])
-    order = torch.argsort(idx)
-    logits = {k: torch.cat([p[0][k] for p in parts])[order] for k in variants}
-    labels = [p[1] for p in parts if p[1] is not None]
-    if not labels:
-        raise ValueError("no clip could be evaluated (every clip failed to decode)")
-    return logits, torch.cat(labels)[order], idx[order]
-
-
-def validate(engine: Engine, loader: DataLoader, epoch: int) -> dict[str, float]:
-    """Validation loss (no smoothing, no mixup) and metric on the whole val split."""
-    logits, labels, _ = collect_logits(
-        engine.model, loader, engine.info.device, engine.cfg.train.precision,
-        desc=f"val {epoch + 1}", show=engine.info.is_main,
+    if info.is_main:
+        print(
+            f"splits: train {len(train_ds)} clips, val {len(val_ds)} clips, {len(classes)} classes"
+        )
+    tc, workers = cfg.train, cfg.data.num_workers
+    sampler = DistributedSampler(
+        train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed
+    )
+    val_sampler = dist.ShardSampler(len(val_ds), info.rank, info.world_size)
+    return cfg, RunData(
+        train_ds, val_ds, sampler,
+        make_loader(train_ds, tc.batch_size, sampler, workers, info.device),
+        make_loader(val_ds, tc.batch_size, val_sampler, workers, info.device),
+        classes, multi_label,
     )  # fmt: skip
-    scores = logits["fusion"]
-    targets = soft_targets(labels, scores.shape[1], engine.multi_label)
-    m = classification_metrics(scores, labels, engine.multi_label)
-    return {
-        "val_loss": loss_fn(scores, targets, engine.multi_label).item(),
-        "val_acc": m["top1"],
-        "val_map": m.get("map", math.nan),
-    }
+
+
+def _check_splits(cfg: RunConfig, train_ds: Dataset, val_ds: Dataset, multi_label: bool) -> None:
+    where = cfg.data.cache or cfg.data.root
+    if len(train_ds) == 0:
+        raise ValueError(f"{where}: the training split is empty")
+    if len(val_ds) == 0:
+        raise ValueError(f"{where}: the validation split is empty")
+    if cfg.train.metric == "map" and not multi_label:
+        raise ValueError(
+            "train.metric=map needs multi-label data; this data set is single-label "
+            "(use train.metric=accuracy or auto)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
-# Run directory: log, plot
+# Model, optimiser
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (initial weights, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    return MBT(cfg.model)
+
+
+def build_engine(cfg: RunConfig, data: RunData, info: dist.DistInfo, *, init: bool) -> Engine:
+    """Model (seeded; ``model.init`` weights when ``init``), its DDP / compiled wrapper,
+    optimizer, per-step schedule and GradScaler."""
+    tc = cfg.train
+    seed_everything(tc.seed)
+    model = build_model(cfg).to(info.device)
+    if cfg.model.init and init:
+        init_from_vit(model, cfg.model.init)
+    net: nn.Module = model
+    if info.distributed:
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if tc.compile:
+        net = torch.compile(net)
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc, steps_per_epoch(data, tc))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "fp16")
+    return Engine(cfg, model, net, optimizer, scheduler, scaler, info, data.multi_label)
+
+
+def steps_per_epoch(data: RunData, tc: TrainConfig) -> int:
+    """Optimizer steps per epoch (the last accumulation group may be short)."""
+    return math.ceil(len(data.train_loader) / tc.grad_accum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run state
+
+
+@dataclass
+class RunState:
+    """What the run knows between epochs; saved in ``state.pt`` (flat keys) and restored by
+    ``--resume``. The optimizer step count lives in :class:`~.engine.Engine` (``step``)."""
+
+    epoch: int = 0  # epochs done
+    best_metric: float = -math.inf  # validation metric of the best epoch
+    best_epoch: int = 0  # 1-based; 0 = no epoch yet
+    best_val_loss: float = math.inf  # val loss of the best epoch: the fallback selection
+    bad_epochs: int = 0  # epochs since the last improvement (early-stopping patience)
+    metric_nan: bool = False  # the metric was NaN once: select on val_loss (warned once)
+    history: list[dict[str, str]] = field(default_factory=list)  # training_log.csv rows
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], log_path: Path) -> RunState:
+        """The state in a checkpoint's ``state.pt``. Checkpoints written before the state was
+        one dataclass lack ``metric_nan`` and ``history``: the log has the history then."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in saved.items() if k in names})
+        if "history" not in saved:
+            state.history = [r for r in read_log(log_path) if int(r["epoch"]) <= state.epoch]
+        return state
+
+    def to_saved(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def out_of_patience(self, tc: TrainConfig) -> bool:
+        return tc.early_stopping > 0 and self.bad_epochs >= tc.early_stopping
+
+    def finished(self, tc: TrainConfig) -> bool:
+        """Every epoch is done, or early stopping ended the run."""
+        return self.epoch >= tc.epochs or self.out_of_patience(tc)
+
+    def stopped_early(self, tc: TrainConfig) -> bool:
+        """Early stopping ended the run before its last epoch."""
+        return self.out_of_patience(tc) and self.epoch < tc.epochs
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory: config, classes, checkpoints, log, plot
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of a run directory."""
+
+    root: Path
+
+    @property
+    def last(self) -> Path:
+        return self.root / "checkpoints" / "last"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "checkpoints" / "best"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "training_log.csv"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "plot.png"
 
 
 def metric_name(cfg: RunConfig, multi_label: bool) -> str:
@@ -465,11 +304,8 @@ def metric_name(cfg: RunConfig, multi_label: bool) -> str:
     return "val_map" if metric == "map" else "val_acc"
 
 
-def _log_fields(metric: str) -> list[str]:
-    return [f.format(metric=metric) for f in LOG_FIELDS]
-
-
-def _read_log(path: Path) -> list[dict[str, str]]:
+def read_log(path: Path) -> list[dict[str, str]]:
+    """The rows of ``training_log.csv`` ([] when there is none)."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
@@ -478,7 +314,7 @@ def _read_log(path: Path) -> list[dict[str, str]]:
 
 def write_log(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
     """Rewrite ``training_log.csv`` (kept short: one row per epoch)."""
-    fields = _log_fields(metric)
+    fields = [f.format(metric=metric) for f in LOG_FIELDS]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -487,13 +323,13 @@ def write_log(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
 
 def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     """``plot.png``: train / val loss and the validation metric per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib takes ~1 s to import: only when a plot is drawn. The object-oriented Figure
+    # needs no pyplot backend, so a notebook's backend is left alone.
+    from matplotlib.figure import Figure
 
     epochs = [int(r["epoch"]) for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
     ax1.plot(epochs, [float(r["val_loss"]) for r in rows], "o-", label="val")
     ax1.set_xlabel("epoch")
@@ -507,23 +343,10 @@ def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: RunConfig) -> nn.Module:
-    from mbt.model import MBT
-
-    return MBT(cfg.model)
 
 
 def train(
@@ -563,239 +386,266 @@ def train(
         ValueError: bad configuration or data.
         NonFiniteLossError: the loss became NaN / inf; ``checkpoints/last`` is the last good one.
     """
-    out = Path(out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     info = dist.init_distributed(cfg.train.device)
     try:
-        return _train(cfg, data, out, resume, info)
+        return _train(cfg, data, RunDir(Path(out)), resume, info)
     finally:
         dist.cleanup()
 
 
-def _train(cfg: RunConfig, data, out: Path, resume: bool, info: dist.DistInfo) -> dict[str, Any]:
-    tc = cfg.train
-    last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
-    if tc.precision == "fp16" and info.device.type != "cuda":
+@dataclass
+class EpochResult:
+    """One epoch of this call: training statistics, validation metrics, whether it was best."""
+
+    epoch: int  # 1-based
+    lr: float  # at the start of the epoch
+    stats: EpochStats
+    val: dict[str, float]
+    improved: bool = False
+
+
+def _train(
+    cfg: RunConfig, data: str | Path | None, run: RunDir, resume: bool, info: dist.DistInfo
+) -> dict[str, Any]:
+    """:func:`train` inside the process group: the run's steps, in order."""
+    if cfg.train.precision == "fp16" and info.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
-    try:  # checkpoints/last, or .last.old when a save was interrupted between its renames
-        resume_dir: Path | None = ckpt.resolve_checkpoint(last_dir)
-    except FileNotFoundError:
-        resume_dir = None
-    if resume and resume_dir is None:
-        raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last)")
-    if not resume and resume_dir is not None:
-        raise ValueError(f"{out} already holds a run; use --resume {out} or another --out")
-
-    # -- data ----------------------------------------------------------------------------
-    cfg = resolve_data(cfg, data)
-    index = scan_data(cfg)
+    resume_dir = check_run_dir(run, resume)
+    cfg, splits = setup_data(cfg, data, info)
+    engine = build_engine(cfg, splits, info, init=not resume)
+    state = restore(engine, resume_dir, run) if resume_dir else RunState()
+    write_run_files(run, engine, splits)
+    metric = metric_name(cfg, splits.multi_label)
+    already_finished = state.finished(cfg.train)
+    if resume and info.is_main:
+        announce_resume(run, state, cfg.train, engine.step)
+    start, results = time.perf_counter(), []
+    while not state.finished(cfg.train):
+        result = run_epoch(engine, splits, state.epoch, run)
+        select_best(state, result, metric, info.is_main)
+        save_epoch(engine, run, state, result, metric, splits.classes)
+        results.append(result)
+    if results and state.stopped_early(cfg.train) and info.is_main:
+        what = "val_loss" if state.metric_nan else metric
+        print(f"early stopping: no {what} improvement for {state.bad_epochs} epochs")
+    summary = summarise(
+        run, state, results, metric, splits, cfg.train, time.perf_counter() - start,
+        already_finished,
+    )  # fmt: skip
     if info.is_main:
-        print(index.report.format() if index else f"data: prepared cache {cfg.data.cache}")
-    _seed_everything(tc.seed)
-    train_ds = open_split(cfg, "train", index, train=True)
-    val_ds = open_split(cfg, "val", index, train=False)
-    classes = list(train_ds.classes)
-    multi_label = bool(train_ds.multi_label)
-    if len(train_ds) == 0:
-        raise ValueError(f"{cfg.data.cache or cfg.data.root}: the training split is empty")
-    if len(val_ds) == 0:
-        raise ValueError(f"{cfg.data.cache or cfg.data.root}: the validation split is empty")
-    if tc.metric == "map" and not multi_label:
-        raise ValueError(
-            "train.metric=map needs multi-label data; this data set is single-label "
-            "(use train.metric=accuracy or auto)"
-        )
-    cfg = replace(
-        cfg,
-        model=replace(cfg.model, num_classes=len(classes)),
-        data=replace(cfg.data, multi_label=multi_label),
-    )
-    if info.is_main:
-        print(
-            f"splits: train {len(train_ds)} clips, val {len(val_ds)} clips, {len(classes)} classes"
-        )
-    sampler = DistributedSampler(
-        train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed
-    )
-    val_sampler = dist.ShardSampler(len(val_ds), info.rank, info.world_size)
-    workers = cfg.data.num_workers
-    train_loader = make_loader(train_ds, tc.batch_size, sampler, workers, info.device)
-    val_loader = make_loader(val_ds, tc.batch_size, val_sampler, workers, info.device)
-
-    # -- model, optimiser ------------------------------------------------------------------
-    model = build_model(cfg).to(info.device)
-    if cfg.model.init and not resume:
-        from mbt.model.pretrained import init_from_vit
-
-        init_from_vit(model, cfg.model.init)
-    net: nn.Module = model
-    if info.distributed:
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if tc.compile:
-        net = torch.compile(net)
-    optimizer = build_optimizer(model, tc)
-    steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
-    scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "fp16")
-    engine = Engine(cfg, model, net, optimizer, scheduler, scaler, info, multi_label)
-    metric = metric_name(cfg, multi_label)
-
-    # -- state -----------------------------------------------------------------------------
-    start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, 0, 0
-    best_loss = math.inf  # the val loss of the best epoch: the fallback when the metric is NaN
-    log_path = out / "training_log.csv"
-    rows: list[dict[str, Any]] = []
-    if resume:
-        ckpt.load_weights(resume_dir, model)
-        state = ckpt.load_state(resume_dir)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, engine.step = state["epoch"], state["step"]
-        best, best_epoch, bad_epochs = (
-            state["best_metric"],
-            state["best_epoch"],
-            state["bad_epochs"],
-        )
-        best_loss = state.get("best_val_loss", math.inf)
-        ckpt.set_rng_state(state["rng"])
-        rows = [r for r in _read_log(log_path) if int(r["epoch"]) <= start_epoch]
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        (out / "classes.json").write_text(json.dumps(classes, indent=1))
-        n_params = sum(p.numel() for p in model.parameters())
-        eff = tc.batch_size * tc.grad_accum * info.world_size
-        print(
-            f"model: {n_params / 1e6:.2f}M parameters, modalities {list(cfg.model.modalities)}, "
-            f"{len(classes)} classes | device {info.device} x{info.world_size} | "
-            f"effective batch {eff} | {steps_per_epoch} steps/epoch | run dir {out}"
-        )
-    finished = resume and (
-        start_epoch >= tc.epochs or (tc.early_stopping > 0 and bad_epochs >= tc.early_stopping)
-    )
-    if info.is_main and resume:
-        if finished:
-            why = (
-                f"it stopped early after epoch {start_epoch} (no improvement for {bad_epochs} "
-                f"epochs, train.early_stopping={tc.early_stopping})"
-                if start_epoch < tc.epochs
-                else f"all {tc.epochs} epochs are done (raise train.epochs to train on)"
-            )
-            print(f"{out}: the run has already finished: {why}; nothing to train")
-        else:
-            print(f"resuming after epoch {start_epoch} (step {engine.step})")
-
-    # -- epochs ----------------------------------------------------------------------------
-    run_start = time.perf_counter()
-    stopped_early, val, clips_seen, train_seconds = False, {}, 0, 0.0
-    stopped_early = bool(finished) and start_epoch < tc.epochs
-    nan_warned = False
-    epoch = start_epoch
-    for epoch in range(start_epoch, tc.epochs if not finished else start_epoch):
-        sampler.set_epoch(epoch)
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)
-        lr = _lr(engine)
-        try:
-            stats = train_one_epoch(engine, train_loader, epoch)
-        except NonFiniteLossError as e:
-            good = f"{last_dir} (epoch {start_epoch_of(last_dir)})" if last_dir.exists() else "none"
-            raise NonFiniteLossError(
-                f"{e}; stopped. Last good checkpoint: {good}. "
-                "Lower train.lr or set train.grad_clip."
-            ) from None
-        val = validate(engine, val_loader, epoch)
-        clips_seen += stats.clips
-        train_seconds += stats.seconds
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": f"{stats.loss:.6f}",
-            "val_loss": f"{val['val_loss']:.6f}",
-            metric: f"{val[metric]:.6f}",
-            "lr": f"{lr:.6g}",
-            "time": f"{stats.seconds:.2f}",
-            "clips_per_s": f"{stats.clips / max(stats.seconds, 1e-9):.1f}",
-        }
-        rows.append(row)
-        by_loss = math.isnan(val[metric])  # cannot be computed from this data
-        if by_loss and not nan_warned and info.is_main:
-            tqdm.write(
-                f"warning: {metric} is NaN (no validation clip is positive for any class); "
-                "selecting the best epoch by val_loss instead"
-            )
-        nan_warned = nan_warned or by_loss
-        if best_epoch == 0:
-            improved = True
-        elif by_loss:
-            improved = val["val_loss"] < best_loss
-        else:
-            improved = val[metric] > best or math.isnan(best)
-        if improved:
-            best, best_epoch, bad_epochs = val[metric], epoch + 1, 0
-            best_loss = val["val_loss"]
-        else:
-            bad_epochs += 1
-        stop = tc.early_stopping > 0 and bad_epochs >= tc.early_stopping
-        if info.is_main:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "step": engine.step,
-                "rng": ckpt.rng_state(),
-                "best_metric": best,
-                "best_epoch": best_epoch,
-                "best_val_loss": best_loss,
-                "bad_epochs": bad_epochs,
-                "metric": metric,
-                "config": to_dict(cfg),
-                "classes": classes,
-            }
-            ckpt.save_checkpoint(last_dir, model, state)
-            if improved:
-                ckpt.save_checkpoint(best_dir, model, state)
-            write_log(log_path, rows, metric)
-            plot_history(rows, metric, out / "plot.png")
-            skipped = f", {stats.skipped} clips failed to decode (skipped)" if stats.skipped else ""
-            tqdm.write(
-                f"epoch {epoch + 1}/{tc.epochs}  train_loss {stats.loss:.4f}  "
-                f"val_loss {val['val_loss']:.4f}  {metric} {val[metric]:.4f}"
-                f"{' *' if improved else ''}  lr {lr:.2e}  {stats.seconds:.1f}s "
-                f"({stats.clips / max(stats.seconds, 1e-9):.1f} clips/s){skipped}"
-            )
-        dist.barrier()
-        if stop:
-            stopped_early = True
-            if info.is_main:
-                what = "val_loss" if nan_warned else metric
-                print(f"early stopping: no {what} improvement for {bad_epochs} epochs")
-            break
-
-    summary = {
-        "run_dir": str(out),
-        "metric": metric,
-        "best_metric": best,
-        "best_epoch": best_epoch,
-        "epochs_run": len(rows),
-        "stopped_early": stopped_early,
-        "last_val": val,
-        "time_s": time.perf_counter() - run_start,
-        "clips_per_s": clips_seen / max(train_seconds, 1e-9),
-        "num_classes": len(classes),
-        "multi_label": multi_label,
-        "already_finished": bool(finished),
-    }
-    if info.is_main:
-        print(
-            f"done: best {metric} {best:.4f} at epoch {best_epoch}, {len(rows)} epochs"
-            f"{' (early stop)' if stopped_early else ''}, {summary['time_s']:.1f}s, "
-            f"{summary['clips_per_s']:.1f} clips/s | best weights: {best_dir / ckpt.WEIGHTS}"
-        )
+        print(done_line(summary, run))
     return summary
+
+
+def check_run_dir(run: RunDir, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None for a new run); refuses to mix up the two."""
+    try:  # checkpoints/last, or .last.old when a save was interrupted between its renames
+        last: Path | None = ckpt.resolve_checkpoint(run.last)
+    except FileNotFoundError:
+        last = None
+    if resume and last is None:
+        raise FileNotFoundError(f"{run.root}: nothing to resume (no checkpoints/last)")
+    if not resume and last is not None:
+        raise ValueError(
+            f"{run.root} already holds a run; use --resume {run.root} or another --out"
+        )
+    return last
+
+
+def restore(engine: Engine, directory: Path, run: RunDir) -> RunState:
+    """Weights, optimizer, schedule, scaler, step and RNG from ``directory``; its RunState."""
+    ckpt.load_weights(directory, engine.model)
+    saved = ckpt.load_state(directory)
+    engine.optimizer.load_state_dict(saved["optimizer"])
+    engine.scheduler.load_state_dict(saved["scheduler"])
+    engine.scaler.load_state_dict(saved["scaler"])
+    engine.step = saved["step"]
+    ckpt.set_rng_state(saved["rng"])
+    return RunState.from_saved(saved, run.log)
+
+
+def write_run_files(run: RunDir, engine: Engine, data: RunData) -> None:
+    """``config.yaml`` (resolved and flat: a run reloads without its presets), ``classes.json``,
+    and the line that says what is being trained where."""
+    if not engine.info.is_main:
+        return
+    cfg, tc, info = engine.cfg, engine.cfg.train, engine.info
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.root / "config.yaml")
+    (run.root / "classes.json").write_text(json.dumps(data.classes, indent=1))
+    n_params = sum(p.numel() for p in engine.model.parameters())
+    eff = tc.batch_size * tc.grad_accum * info.world_size
+    print(
+        f"model: {n_params / 1e6:.2f}M parameters, modalities {list(cfg.model.modalities)}, "
+        f"{len(data.classes)} classes | device {info.device} x{info.world_size} | "
+        f"effective batch {eff} | {steps_per_epoch(data, tc)} steps/epoch | run dir {run.root}"
+    )
+
+
+def announce_resume(run: RunDir, state: RunState, tc: TrainConfig, step: int) -> None:
+    if not state.finished(tc):
+        print(f"resuming after epoch {state.epoch} (step {step})")
+        return
+    why = (
+        f"it stopped early after epoch {state.epoch} (no improvement for {state.bad_epochs} "
+        f"epochs, train.early_stopping={tc.early_stopping})"
+        if state.stopped_early(tc)
+        else f"all {tc.epochs} epochs are done (raise train.epochs to train on)"
+    )
+    print(f"{run.root}: the run has already finished: {why}; nothing to train")
+
+
+def run_epoch(engine: Engine, data: RunData, epoch: int, run: RunDir) -> EpochResult:
+    """Train one epoch (0-based ``epoch``) and validate.
+
+    Raises:
+        NonFiniteLossError: naming the last good checkpoint.
+    """
+    data.sampler.set_epoch(epoch)
+    if hasattr(data.train, "set_epoch"):
+        data.train.set_epoch(epoch)
+    lr = current_lr(engine)
+    try:
+        stats = train_one_epoch(engine, data.train_loader, epoch)
+    except NonFiniteLossError as e:
+        good = f"{run.last} (epoch {start_epoch_of(run.last)})" if run.last.exists() else "none"
+        raise NonFiniteLossError(
+            f"{e}; stopped. Last good checkpoint: {good}. Lower train.lr or set train.grad_clip."
+        ) from None
+    return EpochResult(epoch + 1, lr, stats, validate(engine, data.val_loader, epoch))
+
+
+def select_best(state: RunState, result: EpochResult, metric: str, is_main: bool) -> None:
+    """Record the epoch in ``state``: its log row, whether it is the best so far (sets
+    ``result.improved``), the early-stopping patience.
+
+    The first epoch is always best; then a higher metric, or a lower val loss once the
+    metric has been NaN (cannot be computed from this data).
+    """
+    val = result.val
+    state.history.append(log_row(result, metric))
+    by_loss = math.isnan(val[metric])
+    if by_loss and not state.metric_nan and is_main:
+        progress.write(
+            f"warning: {metric} is NaN (no validation clip is positive for any class); "
+            "selecting the best epoch by val_loss instead"
+        )
+    state.metric_nan = state.metric_nan or by_loss
+    if state.best_epoch == 0:
+        result.improved = True
+    elif by_loss:
+        result.improved = val["val_loss"] < state.best_val_loss
+    else:
+        result.improved = val[metric] > state.best_metric or math.isnan(state.best_metric)
+    if result.improved:
+        state.best_metric, state.best_epoch = val[metric], result.epoch
+        state.best_val_loss, state.bad_epochs = val["val_loss"], 0
+    else:
+        state.bad_epochs += 1
+    state.epoch = result.epoch
+
+
+def log_row(result: EpochResult, metric: str) -> dict[str, str]:
+    """One row of ``training_log.csv``."""
+    s = result.stats
+    return {
+        "epoch": str(result.epoch),
+        "train_loss": f"{s.loss:.6f}",
+        "val_loss": f"{result.val['val_loss']:.6f}",
+        metric: f"{result.val[metric]:.6f}",
+        "lr": f"{result.lr:.6g}",
+        "time": f"{s.seconds:.2f}",
+        "clips_per_s": f"{s.clips / max(s.seconds, 1e-9):.1f}",
+    }
+
+
+def save_epoch(
+    engine: Engine,
+    run: RunDir,
+    state: RunState,
+    result: EpochResult,
+    metric: str,
+    classes: list[str],
+) -> None:
+    """Rank 0 writes checkpoints ``last`` (and ``best`` when improved), the log, the plot and
+    the epoch's line; every process then waits for it."""
+    if engine.info.is_main:
+        saved = {
+            "optimizer": engine.optimizer.state_dict(),
+            "scheduler": engine.scheduler.state_dict(),
+            "scaler": engine.scaler.state_dict(),
+            "step": engine.step,
+            "rng": ckpt.rng_state(),
+            **state.to_saved(),
+            "metric": metric,
+            "config": to_dict(engine.cfg),
+            "classes": classes,
+        }
+        ckpt.save_checkpoint(run.last, engine.model, saved)
+        if result.improved:
+            ckpt.save_checkpoint(run.best, engine.model, saved)
+        write_log(run.log, state.history, metric)
+        plot_history(state.history, metric, run.plot)
+        progress.write(epoch_line(result, metric, engine.cfg.train.epochs))
+    dist.barrier()
+
+
+def epoch_line(result: EpochResult, metric: str, epochs: int) -> str:
+    """The one line per epoch (the whole record of an epoch when stderr is not a terminal)."""
+    s, val = result.stats, result.val
+    skipped = f", {s.skipped} clips failed to decode (skipped)" if s.skipped else ""
+    return (
+        f"epoch {result.epoch}/{epochs}  train_loss {s.loss:.4f}  "
+        f"val_loss {val['val_loss']:.4f}  {metric} {val[metric]:.4f}"
+        f"{' *' if result.improved else ''}  lr {result.lr:.2e}  {s.seconds:.1f}s "
+        f"({s.clips / max(s.seconds, 1e-9):.1f} clips/s){skipped}"
+    )
+
+
+def summarise(
+    run: RunDir,
+    state: RunState,
+    results: list[EpochResult],
+    metric: str,
+    data: RunData,
+    tc: TrainConfig,
+    seconds: float,
+    already_finished: bool,
+) -> dict[str, Any]:
+    """The summary :func:`train` returns (``seconds``: the run's wall time in this call)."""
+    clips = sum(r.stats.clips for r in results)
+    train_seconds = sum(r.stats.seconds for r in results)
+    return {
+        "run_dir": str(run.root),
+        "metric": metric,
+        "best_metric": state.best_metric,
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "stopped_early": state.stopped_early(tc),
+        "last_val": results[-1].val if results else {},
+        "time_s": seconds,
+        "clips_per_s": clips / max(train_seconds, 1e-9),
+        "num_classes": len(data.classes),
+        "multi_label": data.multi_label,
+        "already_finished": already_finished,
+    }
+
+
+def done_line(summary: dict[str, Any], run: RunDir) -> str:
+    """The closing line of a run."""
+    s = summary
+    return (
+        f"done: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']}, "
+        f"{s['epochs_run']} epochs{' (early stop)' if s['stopped_early'] else ''}, "
+        f"{s['time_s']:.1f}s, {s['clips_per_s']:.1f} clips/s | "
+        f"best weights: {run.best / ckpt.WEIGHTS}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run back
 
 
 def start_epoch_of(directory: Path) -> int:
@@ -808,8 +658,6 @@ def start_epoch_of(directory: Path) -> int:
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The resolved ``config.yaml`` of a run directory, with ``key=value`` overrides."""
-    from mbt.config import load_config
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")

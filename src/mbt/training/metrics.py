@@ -102,16 +102,16 @@ def classification_metrics(
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path) -> None:
     """Row-normalised confusion matrix as an image (class names shown up to 40 classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib takes ~1 s to import: only when a plot is drawn. The object-oriented Figure
+    # needs no pyplot backend, so a notebook's backend is left alone.
+    from matplotlib.figure import Figure
 
     cm = confusion.double()
     cm = (cm / cm.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
     c = len(classes)
     size = min(4 + 0.3 * c, 20)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     im = ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
     if c <= 40:
         ax.set_xticks(range(c), classes, rotation=90, fontsize=8)
@@ -121,4 +121,3 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,46 @@
+"""One training step and one evaluation pass: modality dropout, logits gathered over processes."""
+
+from __future__ import annotations
+
+import torch
+
+from mbt.training import engine, loop
+
+from .conftest import tiny_config
+
+
+def test_drop_modality_zeroes_one_input_per_dropped_clip():
+    g = torch.Generator().manual_seed(0)
+    inputs = {"video": torch.ones(64, 2, 3, 4, 4), "audio": torch.ones(64, 8, 4)}
+    out = engine.drop_modality(inputs, 0.5, g)
+    v = out["video"].flatten(1).amax(1)
+    a = out["audio"].flatten(1).amax(1)
+    assert ((v == 0) & (a == 0)).sum() == 0  # never both
+    dropped = (v == 0).sum() + (a == 0).sum()
+    assert 16 <= dropped <= 48  # about half of 64
+    assert engine.drop_modality({"video": inputs["video"]}, 0.5, g)["video"].equal(inputs["video"])
+
+
+def test_collect_logits_on_a_process_without_clips(demo_cache, monkeypatch):
+    # The val split is smaller than the world size: this process's shard is empty.
+    cfg = tiny_config(f"data.cache={demo_cache}")
+    val = loop.open_split(cfg, "val", None, train=False)
+    cfg = loop.replace(cfg, model=loop.replace(cfg.model, num_classes=len(val.classes)))
+    model = loop.build_model(cfg)
+    dev = torch.device("cpu")
+    loader = loop.make_loader(torch.utils.data.Subset(val, range(3)), 4, None, 0, dev)
+    variants = {"fusion": {}, "video_only": {"audio": None}}
+    other = engine.collect_logits(model, loader, dev, variants=variants)  # the other process
+    parts = []
+
+    def gather(local):
+        parts.append(local)
+        return [(other[0], other[1], other[2]), local]
+
+    monkeypatch.setattr(engine.dist, "all_gather_objects", gather)
+    logits, labels, idx = engine.collect_logits(model, [], dev, variants=variants)
+    assert parts[0][0]["fusion"].shape == (0, len(val.classes))
+    for k in variants:
+        assert logits[k].equal(other[0][k]), k
+    assert labels.equal(other[1])
+    assert idx.tolist() == [0, 1, 2]
