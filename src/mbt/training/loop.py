@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from mbt import progress
-from mbt.config import RunConfig, TrainConfig, from_dict, load_config, replace, save_config, to_dict
+from mbt.config import RunConfig, TrainConfig, load_config, replace, save_config, to_dict
 from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
@@ -662,8 +662,3 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] 
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
     return load_config(path, overrides)
-
-
-def config_from_state(state: dict[str, Any]) -> RunConfig:
-    """The config stored inside a checkpoint's ``state.pt``."""
-    return from_dict(RunConfig, state["config"])
