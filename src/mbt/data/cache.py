@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 from mbt.config import DataConfig, ModelConfig
-from mbt.data.audio import load_audio, log_mel
-from mbt.data.dataset import FBANK_RATE, AVDataset, resolve_short_side
+from mbt.data.audio import FBANK_RATE, load_audio, log_mel
+from mbt.data.clip import resolve_short_side
+from mbt.data.dataset import AVDataset
 from mbt.data.layouts import Clip, DataIndex, scan
 from mbt.data.video import MediaError, probe_video, read_frames
 
