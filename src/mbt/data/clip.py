@@ -152,16 +152,8 @@ def load_views(
     """
     if views < 1 or crops not in (1, 3) or (train and views * crops != 1):
         raise ValueError(f"views >= 1 and crops 1 or 3 (both 1 in training), got {views}, {crops}")
+    timing, fbank = _read_clip(reader, clip, model_cfg, data_cfg)
     read_video = "video" in model_cfg.modalities
-    read_audio = "audio" in model_cfg.modalities
-    if read_video and clip.video is None:
-        raise MediaError(f"{clip.key}: clip has no video file but the model reads video")
-    timing = None  # (duration, fps) of the video: where its windows lie
-    if clip.video is not None and (read_video or data_cfg.sampling == "window"):
-        timing = _read(clip, clip.video, lambda: reader.video_info(clip))
-    fbank = None  # (N_a, F) the whole track; None: no sound
-    if read_audio and clip.has_audio:
-        fbank = _read(clip, clip.audio or clip.video, lambda: reader.fbank(clip))
     transform = _video_transform(model_cfg, data_cfg, train, crops) if read_video else None
     video, audio = [], []
     for view in range(views):  # random draws in this order: window, frame times, crop, audio
@@ -172,18 +164,33 @@ def load_views(
             frames = _read(clip, clip.video, lambda t=times: reader.frames(clip, t))
             x = transform(frames, generator=generator)  # ([crops,] T, 3, S, S)
             video.append(x.reshape(-1, *x.shape[-4:]))  # (crops, T, 3, S, S)
-        if read_audio:
-            window = data_cfg.sampling == "window" and span is not None
-            centre = 0.5 * (span[0] + span[1]) if window else None
-            audio.append(
-                _audio_view(fbank, centre, model_cfg, data_cfg, train, view, views, generator)
-            )
+        if "audio" in model_cfg.modalities:
+            a = _audio_view(fbank, span, model_cfg, data_cfg, train, view, views, generator)
+            audio.append(a)  # (T_a, F)
     out = {}
     if video:
         out["video"] = torch.cat(video)  # (V, T, 3, S, S)
     if audio:
         out["audio"] = torch.stack(audio).repeat_interleave(crops, dim=0)  # (V, T_a, F)
     return out
+
+
+def _read_clip(
+    reader: ClipReader, clip: Clip, model_cfg: ModelConfig, data_cfg: DataConfig
+) -> tuple[tuple[float, float] | None, torch.Tensor | None]:
+    """What every view needs: the video's (duration, fps), None if no window is cut from a
+    video; the whole track's (N_a, F) log-mel, None if the model reads no audio or there is
+    none."""
+    read_video = "video" in model_cfg.modalities
+    if read_video and clip.video is None:
+        raise MediaError(f"{clip.key}: clip has no video file but the model reads video")
+    timing = None
+    if clip.video is not None and (read_video or data_cfg.sampling == "window"):
+        timing = _read(clip, clip.video, lambda: reader.video_info(clip))
+    fbank = None
+    if "audio" in model_cfg.modalities and clip.has_audio:
+        fbank = _read(clip, clip.audio or clip.video, lambda: reader.fbank(clip))
+    return timing, fbank
 
 
 def _sample(
@@ -217,7 +224,7 @@ def _video_transform(
 
 def _audio_view(
     fbank: torch.Tensor | None,
-    centre: float | None,
+    span: tuple[float, float] | None,
     model_cfg: ModelConfig,
     data_cfg: DataConfig,
     train: bool,
@@ -225,10 +232,14 @@ def _audio_view(
     views: int,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """One normalised (T_a, F) window, aligned as the module docstring says."""
+    """One normalised (T_a, F) window, aligned with the video window ``span`` as the module
+    docstring says."""
     target = model_cfg.audio_frames
     if fbank is None:  # no sound (missing_audio=silence): zeros, flagged by has_audio
         return torch.zeros(target, model_cfg.mel_bins)
+    centre = None
+    if data_cfg.sampling == "window" and span is not None:
+        centre = 0.5 * (span[0] + span[1])  # seconds
     start = audio_window_start(
         len(fbank), target, centre=centre, train=train, view=view, num_views=views,
         generator=generator,
@@ -326,7 +337,8 @@ def clip_inputs_from_file(
     clip = _file_clip(Path(video), Path(audio) if audio is not None else None, model_cfg)
     reader = MediaReader(resolve_short_side(model_cfg, data_cfg), model_cfg.mel_bins)
     inputs = load_views(reader, clip, model_cfg, data_cfg, train=False, views=views, crops=crops)
-    x, a = inputs.get("video"), inputs.get("audio") if clip.has_audio else None
+    x = inputs.get("video")  # (V, T, 3, S, S)
+    a = inputs.get("audio") if clip.has_audio else None  # (V, T_a, F); zeros without sound
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[data_cfg.normalization])
     return {
         "video": x,
@@ -346,7 +358,7 @@ def _file_clip(video: Path, audio: Path | None, model_cfg: ModelConfig) -> Clip:
     finally:
         container.close()
     has_audio = audio is not None or has_track
-    if model_cfg.modalities == ("audio",) and not has_audio:
+    if "video" not in model_cfg.modalities and not has_audio:
         raise NoAudioError(f"{video}: no audio track, and the model reads only audio")
     if not has_video and "video" not in model_cfg.modalities:
         return Clip(video=None, audio=audio or video, labels=(0,), key=video.stem)
