@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import shutil
 import time
 
@@ -14,6 +16,7 @@ from mbt.config import replace
 from mbt.data.cache import CachedDataset, decode_clip, open_dataset, prepare, run_jobs
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import scan
+from mbt.data.video import MediaError
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +124,15 @@ def test_cached_items_match_raw(data, tmp_path, tiny_model_cfg, demo_data_cfg, f
         assert torch.equal(raw_t[0]["video"], cached_t[0]["video"])
 
 
-def test_cache_settings_must_match(data, tmp_path, tiny_model_cfg, demo_data_cfg):
+def test_cache_settings_must_match(data, tmp_path, tiny_model_cfg, demo_data_cfg, capsys):
     out = tmp_path / "cache"
     index = scan(data, demo_data_cfg)
     index.train, index.test = index.train[:2], []
     index.val = index.val[:1]
-    prepare(data, out, demo_data_cfg, tiny_model_cfg, progress=False, index=index)
+    prepare(data, out, demo_data_cfg, tiny_model_cfg, progress=True, index=index)
+    printed = capsys.readouterr()  # stderr is no terminal here: a log gets no bar, only lines
+    assert "\r" not in printed.err and "prepare:" not in printed.err
+    assert "clips found" in printed.out and "3 clips (3 decoded" in printed.out
     with pytest.raises(ValueError, match="mel_bins=64, the config needs 128"):
         CachedDataset(out, "val", replace(tiny_model_cfg, mel_bins=128), demo_data_cfg, train=False)
     with pytest.raises(ValueError, match="no cache index"):
@@ -147,3 +153,54 @@ def test_reused_clips_take_labels_from_the_new_scan(data, tmp_path, tiny_model_c
     cached = CachedDataset(out, "train", tiny_model_cfg, demo_data_cfg, train=False)
     assert cached.classes == index.classes
     assert [c.labels for c in cached.clips] == [c.labels for c in index.train]
+
+
+def _small_cache(data, out, cfg, model_cfg, frame_format="npy"):
+    index = scan(data, cfg)
+    index.train, index.val, index.test = index.train[:2], index.val[:2], []
+    prepare(data, out, cfg, model_cfg, progress=False, index=index, frame_format=frame_format)
+    return index
+
+
+@pytest.mark.parametrize("frame_format", ["npy", "jpeg"])
+def test_truncated_cache_files_are_media_errors(
+    data, tmp_path, tiny_model_cfg, demo_data_cfg, frame_format
+):
+    """A cut-off cache file (full disk, interrupted copy) is skipped like a broken video."""
+    out = tmp_path / "cache"
+    _small_cache(data, out, demo_data_cfg, tiny_model_cfg, frame_format)
+    ds = CachedDataset(out, "val", tiny_model_cfg, demo_data_cfg, train=False)
+    entries = [ds.reader.entries[c.key] for c in ds.clips]
+    frames, fbank = out / "clips" / entries[0]["frames"], out / "clips" / entries[1]["fbank"]
+    frames.write_bytes(frames.read_bytes()[: frames.stat().st_size // 2])
+    fbank.write_bytes(b"")
+    with pytest.raises(MediaError, match=re.escape(frames.name)):
+        ds[0]
+    with pytest.raises(MediaError, match=re.escape(fbank.name)):
+        ds[1]
+    skip = CachedDataset(out, "val", tiny_model_cfg, demo_data_cfg, train=False, on_error="skip")
+    assert skip[0] is None and skip[1] is None
+
+
+def test_a_cache_written_before_still_reads(data, tmp_path, tiny_model_cfg, demo_data_cfg):
+    """Earlier caches also stored height, width and audio_frames per clip (never read): such a
+    cache still reads, and the next prepare reuses it and drops those fields."""
+    out = tmp_path / "cache"
+    _small_cache(data, out, demo_data_cfg, tiny_model_cfg)
+    fresh = CachedDataset(out, "train", tiny_model_cfg, demo_data_cfg, train=False)[0]
+    index = json.loads((out / "index.json").read_text())
+    for entry in index["clips"].values():
+        entry.update(height=36, width=48, audio_frames=200)
+    (out / "index.json").write_text(json.dumps(index))
+    old = CachedDataset(out, "train", tiny_model_cfg, demo_data_cfg, train=False)[0]
+    assert torch.equal(fresh["video"], old["video"]) and torch.equal(fresh["audio"], old["audio"])
+    index = scan(data, demo_data_cfg)
+    index.train, index.val, index.test = index.train[:2], index.val[:2], []
+    again = prepare(data, out, demo_data_cfg, tiny_model_cfg, progress=False, index=index,
+                    frame_format="npy")  # fmt: skip
+    assert again.processed == 0 and again.reused == 4
+    rewritten = json.loads((out / "index.json").read_text())["clips"]
+    assert not any({"height", "width", "audio_frames"} & set(e) for e in rewritten.values())
+    (out / "index.json").write_text(json.dumps({"clips": {}}))
+    with pytest.raises(ValueError, match="not a cache index"):
+        CachedDataset(out, "train", tiny_model_cfg, demo_data_cfg, train=False)

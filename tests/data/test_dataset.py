@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
+import av
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from mbt.config import DataConfig, replace
-from mbt.data.dataset import AVDataset, audio_window_start, collate_skip_failed, item_generator
+from mbt.data import clip as clip_mod
+from mbt.data.clip import audio_window_start
+from mbt.data.dataset import AVDataset, collate_skip_failed, item_generator
 from mbt.data.layouts import Clip, scan
 from mbt.data.video import MediaError
 
@@ -91,17 +95,15 @@ def test_audio_window_alignment():
 
 def test_window_sampling_aligns_audio(index, tiny_model_cfg, demo_data_cfg, monkeypatch):
     """In window mode the audio window starts where the video window's centre says."""
-    from mbt.data import dataset as dataset_mod
-
     cfg = replace(demo_data_cfg, sampling="window", frame_stride=2)
     seen = {}
-    real = dataset_mod.audio_window_start
+    real = clip_mod.audio_window_start
 
     def spy(length, target, *, centre, **kw):
         seen["centre"] = centre
         return real(length, target, centre=centre, **kw)
 
-    monkeypatch.setattr(dataset_mod, "audio_window_start", spy)
+    monkeypatch.setattr(clip_mod, "audio_window_start", spy)
     ds = AVDataset(index.val, index.classes, tiny_model_cfg, cfg, train=False)
     ds[0]
     duration, fps = ds.reader.video_info(index.val[0])
@@ -158,26 +160,52 @@ def test_crops_apply_with_one_temporal_view(index, tiny_model_cfg, demo_data_cfg
         AVDataset(index.train, index.classes, tiny_model_cfg, cfg, train=True, crops=3)
 
 
-def test_guard_names_the_failing_audio_file_on_one_line(index, tiny_model_cfg, demo_data_cfg):
-    class Reader:
-        def video_info(self, clip):
-            return 2.0, 10.0
+class _Reader:
+    """A reader whose fbank() raises ``error`` (frames and timing are fine)."""
 
-        def frames(self, clip, times):
-            return torch.zeros(len(times), 40, 40, 3, dtype=torch.uint8)
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
-        def fbank(self, clip):
-            raise RuntimeError(f"{clip.audio}: bad header\nsecond line")
+    def video_info(self, clip):
+        return 2.0, 10.0
 
+    def frames(self, clip, times):
+        return torch.zeros(len(times), 40, 40, 3, dtype=torch.uint8)
+
+    def fbank(self, clip):
+        raise self.error
+
+
+def test_a_media_error_names_the_failing_audio_file_on_one_line(
+    index, tiny_model_cfg, demo_data_cfg
+):
     clip = index.val[0]
     assert clip.audio is not None and clip.video is not None
+    reader = _Reader(OSError(f"{clip.audio}: bad header\nsecond line"))
     ds = AVDataset([clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False,
-                   reader=Reader())  # fmt: skip
+                   reader=reader)  # fmt: skip
     with pytest.raises(MediaError) as err:
         ds[0]
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg == f"{clip.audio}: RuntimeError: bad header second line"
+    assert msg == f"{clip.audio}: OSError: bad header second line"
+    reader.error = av.error.InvalidDataError(1094995529, "Invalid data found", str(clip.audio))
+    with pytest.raises(MediaError, match=f"^{re.escape(str(clip.audio))}: InvalidDataError: "):
+        ds[0]
+    skip = AVDataset([clip], index.classes, tiny_model_cfg, demo_data_cfg, train=False,
+                     on_error="skip", reader=reader)  # fmt: skip
+    assert skip[0] is None
+
+
+@pytest.mark.parametrize("bug", [TypeError("unsupported operand"), IndexError("index 9")])
+def test_a_bug_in_a_reader_is_not_skipped_as_a_media_error(
+    index, tiny_model_cfg, demo_data_cfg, bug
+):
+    """Only media errors mean "skip this file": a bug must stop the run, not thin the data."""
+    ds = AVDataset(index.val[:1], index.classes, tiny_model_cfg, demo_data_cfg, train=False,
+                   on_error="skip", reader=_Reader(bug))  # fmt: skip
+    with pytest.raises(type(bug), match=str(bug)):
+        ds[0]
 
 
 def test_audio_only_clip_in_a_video_model(index, tiny_model_cfg, demo_data_cfg):

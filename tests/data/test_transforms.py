@@ -12,7 +12,6 @@ from mbt.data.transforms import (
     mixup,
     random_resized_crop_box,
     spec_augment,
-    video_to_float,
 )
 
 
@@ -21,17 +20,19 @@ def gen(seed: int) -> torch.Generator:
 
 
 def test_uint8_to_float_does_not_overflow():
+    """Pixels become floats before any arithmetic: white is +1, black -1 (uint8 math wraps)."""
     frames = torch.zeros(2, 4, 6, 3, dtype=torch.uint8)
     frames[0] = 255  # white
-    x = video_to_float(frames)
-    assert x.shape == (2, 3, 4, 6) and x.dtype == torch.float32
-    assert torch.equal(x[0], torch.ones(3, 4, 6))  # white -> +1, not wrapped around
-    assert torch.equal(x[1], -torch.ones(3, 4, 6))  # black -> -1
-    imagenet = video_to_float(frames, IMAGENET_MEAN, IMAGENET_STD)
+    exact = dict(train=False, resize_short=4)  # a 4x4 centre crop of 4x6 frames: no resampling
+    x = VideoTransform(4, **exact)(frames)
+    assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32
+    assert torch.equal(x[0], torch.ones(3, 4, 4))  # white -> +1, not wrapped around
+    assert torch.equal(x[1], -torch.ones(3, 4, 4))  # black -> -1
+    imagenet = VideoTransform(4, normalization="imagenet", **exact)(frames)
     expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(imagenet[0, :, 0, 0], expected)
     with pytest.raises(ValueError, match="uint8"):
-        video_to_float(frames.float())
+        VideoTransform(4, **exact)(frames.float())
 
 
 def test_white_stays_white_through_the_transforms():

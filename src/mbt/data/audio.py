@@ -28,6 +28,7 @@ from mbt.data.video import MediaError, _reason, open_media
 SAMPLE_RATE = 16000  # Hz, what AST and MBT are trained on
 FRAME_LENGTH_S = 0.025  # Kaldi frame_length 25 ms -> 400 samples at 16 kHz
 FRAME_SHIFT_S = 0.010  # Kaldi frame_shift 10 ms -> 160 samples at 16 kHz, 100 frames per second
+FBANK_RATE = 100  # log-mel frames per second: 1 / FRAME_SHIFT_S
 N_MELS = 128  # F
 PREEMPHASIS = 0.97  # Kaldi default preemphasis_coefficient
 MEL_LOW_HZ = 20.0  # Kaldi default low_freq; the high edge is the Nyquist frequency

@@ -1,4 +1,4 @@
-"""Clips -> model inputs: sample frames, cut the aligned audio window, augment, label.
+"""Clips -> training and evaluation items: the front-end's views, a label, per-item seeds.
 
 One item of :class:`AVDataset` is a dict::
 
@@ -12,19 +12,17 @@ One item of :class:`AVDataset` is a dict::
 ``views * crops`` (temporal views outer, crops inner); items are multi-view whenever V > 1,
 so ``crops=3`` with a single temporal view gives V = 3.
 
-Where the pixels and the log-mel come from is a :class:`ClipReader`: :class:`MediaReader`
-decodes the media files, ``mbt.data.cache.CacheReader`` reads a prepared cache. Sampling,
-alignment and augmentation are the code below, shared by both.
-
-Audio alignment: the audio window (``model_cfg.audio_frames`` x 10 ms) is cut from the clip's
-whole log-mel. In ``window`` sampling it is centred on the centre of the sampled video window,
-clamped to the sound's length; in ``uniform`` sampling the video window is the whole clip, so
-the audio window is placed like a video window of its own: random in training, centred at test,
-or evenly spread over the clip for the temporal views.
+Sampling, decoding, cropping, audio alignment and augmentation are the one clip front-end,
+:func:`mbt.data.clip.load_views`; where the pixels and the log-mel come from is a
+:class:`~mbt.data.clip.ClipReader` (the media files, or ``mbt.data.cache.CacheReader``).
 
 Randomness: each item draws from a ``torch.Generator`` seeded with (seed, epoch, index), so a
 run is reproducible whatever the number of workers. Call :meth:`AVDataset.set_epoch` before each
 epoch (with ``persistent_workers=False``, the default, workers get the new epoch).
+
+Failures: a clip whose file cannot be read raises a one-line :class:`MediaError`, or with
+``on_error="skip"`` is logged and left out of its batch (:func:`collate_skip_failed`). Only
+media errors are skipped; any other exception is a bug and propagates.
 
 Shape vocabulary: V views, T frames, S crop size, T_a audio frames, F mel bins, C classes.
 """
@@ -33,69 +31,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from mbt.config import DataConfig, ModelConfig
-from mbt.data.audio import load_audio, log_mel, normalize_fbank
+from mbt.data.clip import (
+    ClipReader,
+    MediaReader,
+    audio_window_start,
+    load_views,
+    resolve_short_side,
+)
 from mbt.data.layouts import Clip
-from mbt.data.transforms import VideoTransform, spec_augment
-from mbt.data.video import MediaError, probe_video, read_frames, sample_times, window_span
+from mbt.data.video import MediaError
+
+# audio_window_start and resolve_short_side stay importable from here for explain.py (another
+# helper's file this round) until it calls mbt.data.clip.clip_inputs_from_file.
+__all__ = [
+    "AVDataset", "audio_window_start", "collate_skip_failed", "item_generator",
+    "resolve_short_side",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-FBANK_RATE = 100  # log-mel frames per second (10 ms hop)
-
-
-class ClipReader(Protocol):
-    """Where decoded pixels and log-mels come from (media files or a cache)."""
-
-    def video_info(self, clip: Clip) -> tuple[float, float]:
-        """(duration in seconds, frame rate) of the clip's video."""
-        ...
-
-    def frames(self, clip: Clip, times: Sequence[float]) -> torch.Tensor:
-        """uint8 (T, H, W, 3) frames nearest to ``times``, short side already resized."""
-        ...
-
-    def fbank(self, clip: Clip) -> torch.Tensor:
-        """float32 (N_a, F) un-normalised log-mel of the clip's whole sound track."""
-        ...
-
-
-class MediaReader:
-    """Decode media files (PyAV): frames resized to ``short_side``, the whole track's log-mel."""
-
-    def __init__(self, short_side: int, mel_bins: int) -> None:
-        self.short_side = short_side
-        self.mel_bins = mel_bins
-
-    def video_info(self, clip: Clip) -> tuple[float, float]:
-        info = probe_video(_need(clip.video, clip))
-        return info.duration, info.fps
-
-    def frames(self, clip: Clip, times: Sequence[float]) -> torch.Tensor:
-        return read_frames(_need(clip.video, clip), times, short_side=self.short_side)
-
-    def fbank(self, clip: Clip) -> torch.Tensor:
-        # The whole track, then a slice: the same features as the cache stores, and the
-        # window can be clamped to the sound's true length (a wav may be shorter than the mp4).
-        wav = load_audio(_need(clip.audio or clip.video, clip))  # (N,) 16 kHz mono
-        return log_mel(wav, num_mel_bins=self.mel_bins)  # (N_a, F)
-
-
-def _need(path: Any, clip: Clip) -> Any:
-    if path is None:
-        raise MediaError(f"{clip.key}: the clip has no video file")
-    return path
-
-
-def resolve_short_side(model_cfg: ModelConfig, data_cfg: DataConfig) -> int:
-    """Short side frames are resized to before cropping: ``resize_short`` or S * 256 / 224."""
-    return data_cfg.resize_short or model_cfg.image_size * 256 // 224
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -163,19 +123,8 @@ class AVDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.on_error = on_error
-        self.short_side = resolve_short_side(model_cfg, data_cfg)
-        self.reader = reader or MediaReader(self.short_side, model_cfg.mel_bins)
-        self.load_video = "video" in model_cfg.modalities
-        self.load_audio = "audio" in model_cfg.modalities
-        self.transform = VideoTransform(
-            model_cfg.image_size,
-            train=train,
-            resize_short=self.short_side,
-            crop_scale=data_cfg.crop_scale,
-            hflip=data_cfg.hflip,
-            normalization=data_cfg.normalization,
-            crops=self.crops,
-        )
+        short_side = resolve_short_side(model_cfg, data_cfg)  # checks it fits the crop
+        self.reader = reader or MediaReader(short_side, model_cfg.mel_bins)
         self._logged: set[str] = set()
         for c in self.clips:
             bad = [i for i in c.labels if not 0 <= i < len(self.classes)]
@@ -204,85 +153,17 @@ class AVDataset(Dataset):
                 log.warning("skipping clip %s: %s", clip.key, e)
             return None
 
-    # --- one item -------------------------------------------------------------------------
-
     def _load(self, index: int, clip: Clip) -> dict[str, Any]:
-        g = item_generator(self.seed, self.epoch, index)
-        mcfg, dcfg = self.model_cfg, self.data_cfg
-        n_views = self.views
-        multi_view = n_views * self.crops > 1  # items stack V = views * crops views
-        if self.load_video and clip.video is None:
-            raise MediaError(f"{clip.key}: clip has no video file but the model reads video")
-        video_views, audio_views = [], []
-        duration = fps = None
-        if clip.video is not None and (self.load_video or dcfg.sampling == "window"):
-            duration, fps = self._guard(clip, lambda: self.reader.video_info(clip), clip.video)
-        fbank = None
-        if self.load_audio and clip.has_audio:
-            audio_file = clip.audio or clip.video
-            fbank = self._guard(clip, lambda: self.reader.fbank(clip), audio_file)  # (N_a, F)
-        for view in range(n_views):
-            centre = None
-            if duration is not None:
-                span = window_span(
-                    duration, mcfg.num_frames, mode=dcfg.sampling, fps=fps,
-                    stride=dcfg.frame_stride, train=self.train, view=view, num_views=n_views,
-                    generator=g,
-                )  # fmt: skip
-                if dcfg.sampling == "window":
-                    centre = 0.5 * (span[0] + span[1])
-                if self.load_video:
-                    times = sample_times(
-                        duration, mcfg.num_frames, mode=dcfg.sampling, fps=fps,
-                        stride=dcfg.frame_stride, train=self.train, view=view,
-                        num_views=n_views, generator=g, span=span,
-                    )  # fmt: skip
-                    read = lambda t=times: self.reader.frames(clip, t)  # noqa: E731
-                    frames = self._guard(clip, read, clip.video)
-                    video_views.append(self.transform(frames, generator=g))  # ([crops,] T, 3, S, S)
-            if self.load_audio:
-                audio_views.append(self._audio_view(fbank, centre, view, g))  # (T_a, F)
-        item: dict[str, Any] = {}
-        if self.load_video:
-            if not multi_view:
-                item["video"] = video_views[0]  # (T, 3, S, S)
-            else:
-                v = torch.stack(video_views)  # (views, [crops,] T, 3, S, S)
-                item["video"] = v.reshape(-1, *v.shape[-4:])  # (V, T, 3, S, S)
-        if self.load_audio:
-            a = torch.stack(audio_views)  # (views, T_a, F)
-            if multi_view:
-                a = a.repeat_interleave(self.crops, dim=0)  # (V, T_a, F), same sound per crop
-                item["audio"] = a
-            else:
-                item["audio"] = a[0]  # (T_a, F)
+        views = load_views(
+            self.reader, clip, self.model_cfg, self.data_cfg, train=self.train, views=self.views,
+            crops=self.crops, generator=item_generator(self.seed, self.epoch, index),
+        )  # fmt: skip
+        multi_view = self.views * self.crops > 1
+        item: dict[str, Any] = {k: v if multi_view else v[0] for k, v in views.items()}
         item["has_audio"] = bool(clip.has_audio)
         item["label"] = self._label(clip)
         item["index"] = index
         return item
-
-    def _audio_view(
-        self, fbank: torch.Tensor | None, centre: float | None, view: int, g: torch.Generator
-    ) -> torch.Tensor:
-        """One normalised (T_a, F) window, aligned as the module docstring says."""
-        target = self.model_cfg.audio_frames
-        if fbank is None:  # no sound (missing_audio=silence): zeros, flagged by has_audio
-            return torch.zeros(target, self.model_cfg.mel_bins)
-        start = audio_window_start(
-            len(fbank), target, centre=centre, train=self.train, view=view,
-            num_views=self.views, generator=g,
-        )  # fmt: skip
-        x = fbank[start : start + target].float()  # (<= T_a, F)
-        if len(x) < target:  # a short clip: pad with zeros before normalising, as AST does
-            x = torch.nn.functional.pad(x, (0, 0, 0, target - len(x)))  # (T_a, F)
-        x = normalize_fbank(x, self.data_cfg.audio_mean, self.data_cfg.audio_std)
-        if self.train:
-            d = self.data_cfg
-            x = spec_augment(
-                x, freq_masks=d.freq_masks, freq_width=d.freq_mask_width,
-                time_masks=d.time_masks, time_width=d.time_mask_width, generator=g,
-            )  # fmt: skip
-        return x
 
     def _label(self, clip: Clip) -> torch.Tensor:
         if not self.multi_label:
@@ -290,47 +171,6 @@ class AVDataset(Dataset):
         y = torch.zeros(len(self.classes), dtype=torch.float32)  # (C,)
         y[list(clip.labels)] = 1.0
         return y
-
-    @staticmethod
-    def _guard(clip: Clip, fn: Any, path: Any = None) -> Any:
-        """Run a decode step; any failure becomes a one-line :class:`MediaError` naming the
-        file being read (``path``; else the clip's video or audio file, else its key)."""
-        try:
-            return fn()
-        except MediaError:
-            raise  # already names its file
-        except Exception as e:  # a decoder bug or an unexpected file: still name the file
-            name = str(path or clip.video or clip.audio or clip.key)
-            text = " ".join(str(e).split()).removeprefix(f"{name}: ")  # one line, path once
-            raise MediaError(f"{name}: {type(e).__name__}: {text}".rstrip(": ")) from e
-
-
-def audio_window_start(
-    length: int,
-    target: int,
-    *,
-    centre: float | None,
-    train: bool,
-    view: int = 0,
-    num_views: int = 1,
-    generator: torch.Generator | None = None,
-) -> int:
-    """First log-mel frame of a ``target``-frame window in a ``length``-frame track.
-
-    With ``centre`` (seconds; window sampling) the window is centred on it; without, it is
-    random in training, centred at test, or the ``view``-th of ``num_views`` evenly spread
-    positions. Always clamped so the window stays inside the track (start 0 if it is shorter).
-    """
-    slack = max(0, length - target)
-    if centre is not None:
-        start = round(centre * FBANK_RATE - target / 2)
-    elif train:
-        start = int(torch.randint(0, slack + 1, (), generator=generator))
-    elif num_views == 1:
-        start = slack // 2
-    else:
-        start = round(slack * view / (num_views - 1))
-    return min(max(0, start), slack)
 
 
 def collate_skip_failed(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:

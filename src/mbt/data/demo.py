@@ -45,6 +45,7 @@ import os
 import shutil
 import tempfile
 import wave
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -114,63 +115,18 @@ def make_demo_data(
         ``out`` as a Path.
     """
     out = Path(out)
-    if classes not in CLASS_SETS:
-        raise ValueError(
-            f"make_demo_data: classes must be one of {sorted(CLASS_SETS)}, got {classes!r}"
-        )
-    class_set = CLASS_SETS[classes]
-    if clips_per_class < 1 or clips_per_group < 1:
-        raise ValueError("make_demo_data: clips_per_class and clips_per_group must be >= 1")
-    if not 1.3 <= duration[0] <= duration[1]:
-        raise ValueError(f"make_demo_data: duration must satisfy 1.3 <= lo <= hi, got {duration}")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"{out}: folder exists and is not empty (pass overwrite=True)")
-        shutil.rmtree(out)
+    spec = _Spec(seed, clips_per_class, clips_per_group, duration, embedded_audio_every, classes)
+    _make_room(out, overwrite)
     # Write into a sibling temporary folder, then rename: a crash never leaves half a data set.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        n_wav = n_embedded = 0
-        for ci, name in enumerate(sorted(class_set)):
-            pairs = class_set[name]
+        n_wav = 0
+        for ci, name in enumerate(sorted(spec.class_set)):
             for k in range(clips_per_class):
-                g, c = k // clips_per_group + 1, k % clips_per_group + 1
-                # One generator per group (the shared scene: texture period, tone) and one per
-                # clip. The scene does not depend on the class, so no nuisance correlates with
-                # the class (group g has the same scene in every class), and a clip does not
-                # depend on the others.
-                scene = np.random.default_rng([seed, g])
-                rng = np.random.default_rng([seed, ci, g, c])
-                picture, sound = pairs[k % len(pairs)]  # both pairs in every group
-                stem = f"v_{name}_g{g:02d}_c{c:02d}"
-                secs = float(rng.uniform(*duration))
-                frames = _render_video(picture, secs, scene, rng)
-                embedded = (
-                    embedded_audio_every > 0 and k % embedded_audio_every == 0
-                )  # not by class
-                rate = AAC_RATE if embedded else WAV_RATE
-                # The sound is a little longer or shorter than the picture, as in real files.
-                samples = _render_audio(
-                    sound, secs + float(rng.uniform(-0.1, 0.1)), rate, scene, rng
-                )
-                vpath = tmp / "video" / name / f"{stem}.mp4"
-                vpath.parent.mkdir(parents=True, exist_ok=True)
-                if embedded:
-                    _write_mp4(vpath, frames, FPS, audio=samples, audio_rate=rate)
-                    n_embedded += 1
-                else:
-                    _write_mp4(vpath, frames, FPS)
-                    stereo = rng.random() < 0.25
-                    if stereo:  # two slightly different channels exercise the down-mix
-                        samples = np.stack([samples, samples * rng.uniform(0.6, 1.0)], axis=1)
-                    apath = tmp / "audio" / name / f"{stem}.wav"
-                    apath.parent.mkdir(parents=True, exist_ok=True)
-                    _write_wav(apath, samples, rate)
-                    n_wav += 1
-        (tmp / "README.txt").write_text(
-            _readme(class_set, seed, clips_per_class, clips_per_group, duration, n_wav, n_embedded)
-        )
+                n_wav += _write_clip(tmp, spec, ci, name, k)
+        n_embedded = len(spec.class_set) * clips_per_class - n_wav
+        (tmp / "README.txt").write_text(_readme(spec, n_wav, n_embedded))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -178,6 +134,75 @@ def make_demo_data(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The arguments of :func:`make_demo_data` that shape the data, checked."""
+
+    seed: int
+    clips_per_class: int
+    clips_per_group: int
+    duration: tuple[float, float]
+    embedded_audio_every: int
+    classes: str
+
+    def __post_init__(self) -> None:
+        if self.classes not in CLASS_SETS:
+            raise ValueError(
+                f"make_demo_data: classes must be one of {sorted(CLASS_SETS)}, got {self.classes!r}"
+            )
+        if self.clips_per_class < 1 or self.clips_per_group < 1:
+            raise ValueError("make_demo_data: clips_per_class and clips_per_group must be >= 1")
+        if not 1.3 <= self.duration[0] <= self.duration[1]:
+            raise ValueError(
+                f"make_demo_data: duration must satisfy 1.3 <= lo <= hi, got {self.duration}"
+            )
+
+    @property
+    def class_set(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        return CLASS_SETS[self.classes]
+
+
+def _make_room(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite`` (then delete it)."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out}: folder exists and is not empty (pass overwrite=True)")
+        shutil.rmtree(out)
+
+
+def _write_clip(tmp: Path, spec: _Spec, ci: int, name: str, k: int) -> bool:
+    """Render and write clip ``k`` of class ``name`` (the ``ci``-th); True if it got a wav
+    file, False if its sound went into the mp4."""
+    g, c = k // spec.clips_per_group + 1, k % spec.clips_per_group + 1
+    # One generator per group (the shared scene: texture period, tone) and one per clip. The
+    # scene does not depend on the class, so no nuisance correlates with the class (group g has
+    # the same scene in every class), and a clip does not depend on the others.
+    scene = np.random.default_rng([spec.seed, g])
+    rng = np.random.default_rng([spec.seed, ci, g, c])
+    pairs = spec.class_set[name]
+    picture, sound = pairs[k % len(pairs)]  # both pairs in every group
+    stem = f"v_{name}_g{g:02d}_c{c:02d}"
+    secs = float(rng.uniform(*spec.duration))
+    frames = _render_video(picture, secs, scene, rng)
+    every = spec.embedded_audio_every
+    embedded = every > 0 and k % every == 0  # by position in the class, not by class
+    rate = AAC_RATE if embedded else WAV_RATE
+    # The sound is a little longer or shorter than the picture, as in real files.
+    samples = _render_audio(sound, secs + float(rng.uniform(-0.1, 0.1)), rate, scene, rng)
+    vpath = tmp / "video" / name / f"{stem}.mp4"
+    vpath.parent.mkdir(parents=True, exist_ok=True)
+    if embedded:
+        _write_mp4(vpath, frames, FPS, audio=samples, audio_rate=rate)
+        return False
+    _write_mp4(vpath, frames, FPS)
+    if rng.random() < 0.25:  # stereo: two slightly different channels exercise the down-mix
+        samples = np.stack([samples, samples * rng.uniform(0.6, 1.0)], axis=1)
+    apath = tmp / "audio" / name / f"{stem}.wav"
+    apath.parent.mkdir(parents=True, exist_ok=True)
+    _write_wav(apath, samples, rate)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,15 +352,9 @@ def _write_mp4(
                 container.mux(packet)
 
 
-def _readme(
-    class_set: dict[str, tuple[tuple[str, str], ...]],
-    seed: int,
-    clips_per_class: int,
-    clips_per_group: int,
-    duration: tuple[float, float],
-    n_wav: int,
-    n_embedded: int,
-) -> str:
+def _readme(spec: _Spec, n_wav: int, n_embedded: int) -> str:
+    class_set, clips_per_class = spec.class_set, spec.clips_per_class
+    seed, clips_per_group, duration = spec.seed, spec.clips_per_group, spec.duration
     rows = []
     for name in sorted(class_set):
         pairs = " or ".join(f"({PICTURES[p]}, {SOUNDS[s]})" for p, s in class_set[name])

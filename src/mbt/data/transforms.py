@@ -29,22 +29,6 @@ NORMALIZATIONS = {
 }
 
 
-def video_to_float(
-    frames: torch.Tensor,
-    mean: tuple[float, ...] = INCEPTION_MEAN,
-    std: tuple[float, ...] = INCEPTION_STD,
-) -> torch.Tensor:
-    """uint8 (T, H, W, 3) decoded frames -> normalised float32 (T, 3, H, W).
-
-    The uint8 values are converted to float in [0, 1] before any arithmetic (uint8 arithmetic
-    wraps around: ``frame * 255`` on uint8 inverts images), then ``(x - mean) / std``.
-    """
-    if frames.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 frames, got {frames.dtype}")
-    x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (T, 3, H, W) in [0, 1]
-    return _normalize(x, mean, std)
-
-
 def _normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(..., 3, H, W) float in [0, 1] -> (x - mean) / std per channel."""
     m = torch.tensor(mean, dtype=x.dtype, device=x.device)[:, None, None]  # (3, 1, 1)
