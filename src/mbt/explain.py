@@ -20,11 +20,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure  # not pyplot: leaves the caller's backend alone
 
-from mbt.config import DataConfig, ModelConfig
-from mbt.data.audio import NoAudioError, load_audio, log_mel, normalize_fbank
-from mbt.data.dataset import audio_window_start, resolve_short_side
-from mbt.data.transforms import NORMALIZATIONS, VideoTransform
-from mbt.data.video import probe_video, read_frames, sample_times, window_span
+from mbt.data.clip import clip_inputs_from_file
 from mbt.model.fusion import BottleneckFusion
 from mbt.model.hub import load_model
 
@@ -229,66 +225,6 @@ def _save(fig: Figure, path: Path) -> Path:
 # From files
 
 
-def clip_inputs(
-    model_cfg: ModelConfig,
-    data_cfg: DataConfig,
-    video_path: str | Path,
-    audio_path: str | Path | None = None,
-) -> dict[str, torch.Tensor | None]:
-    """Decode one clip as evaluation does (one centred view, centre crop).
-
-    Returns:
-        ``video`` (1, T, 3, S, S) and ``audio`` (1, T_a, F) model inputs (``audio`` None when
-        the file has no audio stream), ``frames`` (T, S, S, 3) in [0, 1] and ``fbank``
-        (T_a, F), the un-normalised pictures to draw.
-
-    Raises:
-        MediaError: a file that cannot be decoded (a corrupt sound file is an error, not
-            silence: only a file without any audio stream counts as "no sound").
-    """
-    out: dict[str, torch.Tensor | None] = {"video": None, "audio": None, "frames": None}
-    centre = None
-    if "video" in model_cfg.modalities:
-        frames, video, centre = _centre_view(model_cfg, data_cfg, video_path)
-        out["frames"], out["video"] = frames, video[None]  # (1, T, 3, S, S)
-    if "audio" in model_cfg.modalities:
-        try:
-            wav = load_audio(audio_path or video_path)  # (N,) 16 kHz
-        except NoAudioError:
-            wav = None  # a clip without sound: explained from its pictures alone
-        if wav is not None:
-            fbank = log_mel(wav, num_mel_bins=model_cfg.mel_bins)  # (N_a, F)
-            target = model_cfg.audio_frames
-            start = audio_window_start(len(fbank), target, centre=centre, train=False)
-            x = fbank[start : start + target]
-            x = F.pad(x, (0, 0, 0, target - len(x)))  # (T_a, F)
-            out["fbank"] = x
-            out["audio"] = normalize_fbank(x, data_cfg.audio_mean, data_cfg.audio_std)[None]
-    return out
-
-
-def _centre_view(
-    model_cfg: ModelConfig, data_cfg: DataConfig, video_path: str | Path
-) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    """The evaluation frames of a video: pictures (T, S, S, 3) in [0, 1], model input
-    (T, 3, S, S), and the window's centre in seconds (window sampling) or None."""
-    info = probe_video(video_path)
-    kw = dict(mode=data_cfg.sampling, fps=info.fps, stride=data_cfg.frame_stride, train=False)
-    span = window_span(info.duration, model_cfg.num_frames, **kw)
-    centre = 0.5 * (span[0] + span[1]) if data_cfg.sampling == "window" else None
-    times = sample_times(info.duration, model_cfg.num_frames, span=span, **kw)
-    short = resolve_short_side(model_cfg, data_cfg)
-    frames = read_frames(video_path, times, short_side=short)  # (T, H, W, 3) uint8
-    transform = VideoTransform(
-        model_cfg.image_size, train=False, resize_short=short,
-        normalization=data_cfg.normalization,
-    )  # fmt: skip
-    video = transform(frames)  # (T, 3, S, S)
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[data_cfg.normalization])
-    pictures = (video * std + mean).permute(0, 2, 3, 1)  # (T, S, S, 3) in [0, 1]
-    return pictures, video, centre
-
-
 def explain_clip(
     source: str | Path,
     video: str | Path,
@@ -315,13 +251,14 @@ def explain_clip(
     """
     loaded = load_model(source, checkpoint)
     model = loaded.model
-    inputs = clip_inputs(model.cfg, loaded.data, video, audio)
+    # One centred view, centre crop (V = 1): the evaluation front-end of mbt.data.clip.
+    inputs = clip_inputs_from_file(video, audio, model.cfg, loaded.data)
     result = bottleneck_attention(model, inputs["video"], inputs["audio"])
     probs = result["logits"].softmax(-1)[0]
     top = int(probs.argmax())
     name = loaded.class_names[top] if loaded.class_names else str(top)
     files = plot_attention(
-        result, out_dir, frames=inputs["frames"], spectrogram=inputs.get("fbank"),
+        result, out_dir, frames=_first(inputs["frames"]), spectrogram=_first(inputs["fbank"]),
         tubelet=model.cfg.tubelet_size, per_layer=per_layer, title=f"predicted: {name} |",
     )  # fmt: skip
     return {
@@ -330,3 +267,8 @@ def explain_clip(
         "probabilities": probs.tolist(),
         "layers": result["layers"],
     }
+
+
+def _first(views: torch.Tensor | None) -> torch.Tensor | None:
+    """The first view of (V, ...) pictures or spectrograms, for drawing."""
+    return None if views is None else views[0]

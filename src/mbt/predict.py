@@ -2,7 +2,7 @@
 
 The model comes from :func:`mbt.model.hub.load_model` (a run directory, a checkpoint folder, a
 ``save_pretrained`` or converted folder, or a Hub id), with the data config it was trained with.
-The clip goes through the same front-end as evaluation (``AVDataset`` with ``train=False``):
+The clip goes through the same front-end as evaluation (:func:`mbt.data.clip.clip_inputs_from_file`):
 ``data.test_clips`` temporal views x ``data.test_crops`` crops, logits averaged over views.
 The sound comes from ``--audio`` or else from the video's own track; a video without any sound
 is classified from the picture alone (the audio stream is not run), and the result says so.
@@ -16,10 +16,7 @@ from typing import Any
 
 import torch
 
-from mbt.config import DataConfig, ModelConfig
-from mbt.data.dataset import AVDataset
-from mbt.data.layouts import Clip
-from mbt.data.video import MediaError, probe_video
+from mbt.data.clip import clip_inputs_from_file
 from mbt.model.hub import load_model
 from mbt.training.distributed import pick_device
 
@@ -51,78 +48,38 @@ def predict(
         outputs by index (``"0"``, ``"1"`` ...).
 
     Raises:
-        MediaError: the file cannot be decoded.
-        ValueError: the model needs a modality the clip does not have.
+        MediaError: a file is missing or cannot be decoded (``NoAudioError``: an audio-only
+            model and a clip without sound).
     """
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
-    video = Path(video)
     dev = pick_device(device)
     loaded = load_model(source, checkpoint, dev)
     model_cfg, data_cfg = loaded.model.cfg, loaded.data
     classes = loaded.class_names or [str(i) for i in range(model_cfg.num_classes)]
-    has_audio, modalities, note = _streams(video, audio, list(model_cfg.modalities))
-    inputs = _clip_views(video, audio, has_audio, modalities, model_cfg, data_cfg, classes)
+    clip = clip_inputs_from_file(
+        video, audio, model_cfg, data_cfg, views=data_cfg.test_clips, crops=data_cfg.test_crops
+    )  # video (V, T, 3, S, S), audio (V, T_a, F); None for a stream that does not run
+    inputs = {m: clip[m].to(dev) for m in ("video", "audio") if clip[m] is not None}
     with torch.no_grad():
-        logits = loaded.model(**{m: x.to(dev) for m, x in inputs.items()})  # (V, C)
+        logits = loaded.model(**inputs)  # (V, C)
     return {
         "video": str(video),
-        "audio": str(audio) if audio else ("own track" if has_audio else None),
-        "modalities": modalities,
+        "audio": str(audio) if audio else ("own track" if clip["has_audio"] else None),
+        "modalities": list(inputs),
         "views": data_cfg.test_clips * data_cfg.test_crops,
-        "note": note,
+        "note": _note(audio, clip["has_audio"], model_cfg.modalities),
         "predictions": _rank(logits.float().mean(0), classes, top_k, data_cfg.multi_label),
     }
 
 
-def _streams(
-    video: Path, audio: str | Path | None, modalities: list[str]
-) -> tuple[bool, list[str], str]:
-    """Whether the clip has sound, the model streams to run, and a note for the user.
-
-    Raises:
-        MediaError: ``audio`` is not a file.
-        ValueError: an audio-only model and a clip without sound.
-    """
-    if audio is not None and not Path(audio).is_file():
-        raise MediaError(f"{audio}: no such file")
-    has_audio = audio is not None or probe_video(video).has_audio
-    note = ""
+def _note(audio: str | Path | None, has_audio: bool, modalities: tuple[str, ...]) -> str:
+    """What the user should know about the streams that ran ("" when both ran as asked)."""
     if audio is not None and "audio" not in modalities:
-        note = f"--audio {audio} ignored: this model has no audio stream (video only)"
-    if not has_audio:
-        if modalities == ["audio"]:
-            raise ValueError(f"{video}: no audio track, and this model is audio-only")
-        if "audio" in modalities:
-            note = "no audio track: classified from the video alone"
-        modalities = [m for m in modalities if m != "audio"]
-    return has_audio, modalities, note
-
-
-def _clip_views(
-    video: Path,
-    audio: str | Path | None,
-    has_audio: bool,
-    modalities: list[str],
-    model_cfg: ModelConfig,
-    data_cfg: DataConfig,
-    classes: list[str],
-) -> dict[str, torch.Tensor]:
-    """The evaluation views of one clip: video (V, T, 3, S, S), audio (V, T_a, F)."""
-    clip = Clip(
-        video=video, audio=Path(audio) if audio else None, labels=(0,), key=video.stem,
-        has_audio=has_audio,
-    )  # fmt: skip
-    ds = AVDataset(
-        [clip], classes, model_cfg, data_cfg, train=False, views=data_cfg.test_clips,
-        crops=data_cfg.test_crops, multi_label=data_cfg.multi_label,
-    )  # fmt: skip
-    item = ds[0]
-    out = {}
-    for m in modalities:
-        x = item[m]
-        out[m] = x if x.ndim == (5 if m == "video" else 3) else x[None]  # one view: add V
-    return out
+        return f"--audio {audio} ignored: this model has no audio stream (video only)"
+    if not has_audio and "audio" in modalities:
+        return "no audio track: classified from the video alone"
+    return ""
 
 
 def _rank(

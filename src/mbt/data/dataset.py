@@ -41,19 +41,11 @@ from mbt.config import DataConfig, ModelConfig
 from mbt.data.clip import (
     ClipReader,
     MediaReader,
-    audio_window_start,
     load_views,
     resolve_short_side,
 )
 from mbt.data.layouts import Clip
 from mbt.data.video import MediaError
-
-# audio_window_start and resolve_short_side stay importable from here for explain.py (another
-# helper's file this round) until it calls mbt.data.clip.clip_inputs_from_file.
-__all__ = [
-    "AVDataset", "audio_window_start", "collate_skip_failed", "item_generator",
-    "resolve_short_side",
-]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
