@@ -3,9 +3,12 @@
 A run, step by step (:func:`_train` reads as this list)::
 
     check_run_dir     out/ is new, or holds checkpoints/last to --resume
-    setup_data        scan(data) -> train / val AVDataset or CachedDataset -> DataLoaders
-                      (DistributedSampler seeded per epoch; ShardSampler for val)
-    build_engine      seed -> MBT -> [ViT init] -> [DDP, compile] -> optimizer, schedule, scaler
+    load_init_weights model.init (ViT) and model.audio_init (AST), read before the data: a
+                      missing weight file fails at once (new runs only)
+    setup_data        [unpack a .zip] -> scan(data) -> train / val AVDataset or CachedDataset
+                      -> DataLoaders (DistributedSampler seeded per epoch; ShardSampler for val)
+    build_engine      seed -> MBT -> [ViT, AST init] -> [DDP, compile] -> optimizer, schedule,
+                      scaler
     restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
     write_run_files   config.yaml (resolved, flat), classes.json
     every epoch       run_epoch (train_one_epoch + validate) -> select_best (best? patience)
@@ -44,11 +47,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from mbt import progress
 from mbt.config import RunConfig, TrainConfig, load_config, replace, save_config, to_dict
+from mbt.data.archive import open_data_path
 from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
 from mbt.model import MBT
-from mbt.model.pretrained import init_from_vit
+from mbt.model.inits import InitWeights, apply_init, load_init_weights
 from mbt.training import checkpoint as ckpt
 from mbt.training import distributed as dist
 from mbt.training.engine import (
@@ -70,10 +74,14 @@ __all__ = ["NonFiniteLossError", "RunState", "load_run_config", "train"]
 # Data
 
 
-def resolve_data(cfg: RunConfig, data: str | Path | None) -> RunConfig:
-    """Put ``--data`` into ``cfg.data.root`` (so the saved config knows where the data was)."""
+def resolve_data(cfg: RunConfig, data: str | Path | None, announce: bool = True) -> RunConfig:
+    """Put ``--data`` into ``cfg.data.root`` (so the saved config knows where the data was); a
+    ``.zip`` is unpacked once (:mod:`mbt.data.archive`) and its folder becomes the root."""
     if data:
         cfg = replace(cfg, data=replace(cfg.data, root=str(data)))
+    if cfg.data.root and not cfg.data.cache:  # a prepared cache is read instead of the media
+        root = open_data_path(cfg.data.root, announce=announce)
+        cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
     if not cfg.data.root and not cfg.data.cache:
         raise ValueError("no data set given: pass --data DIR or set data.root (or data.cache)")
     return cfg
@@ -144,7 +152,7 @@ def setup_data(
         The config with ``data.root``, ``model.num_classes`` and ``data.multi_label`` set from
         the data, and the :class:`RunData`.
     """
-    cfg = resolve_data(cfg, data)
+    cfg = resolve_data(cfg, data, announce=info.is_main)
     index = scan_data(cfg)
     if info.is_main:
         print(index.report.format() if index else f"data: prepared cache {cfg.data.cache}")
@@ -202,14 +210,17 @@ def build_model(cfg: RunConfig) -> nn.Module:
     return MBT(cfg.model)
 
 
-def build_engine(cfg: RunConfig, data: RunData, info: dist.DistInfo, *, init: bool) -> Engine:
-    """Model (seeded; ``model.init`` weights when ``init``), its DDP / compiled wrapper,
+def build_engine(
+    cfg: RunConfig, data: RunData, info: dist.DistInfo, weights: InitWeights | None = None
+) -> Engine:
+    """Model (seeded, then the pretrained ``weights``, if any), its DDP / compiled wrapper,
     optimizer, per-step schedule and GradScaler."""
     tc = cfg.train
     seed_everything(tc.seed)
-    model = build_model(cfg).to(info.device)
-    if cfg.model.init and init:
-        init_from_vit(model, cfg.model.init)
+    model = build_model(cfg)
+    if weights is not None:
+        apply_init(model, weights)
+    model = model.to(info.device)
     net: nn.Module = model
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
@@ -413,8 +424,11 @@ def _train(
     if cfg.train.precision == "fp16" and info.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
     resume_dir = check_run_dir(run, resume)
+    weights = None if resume else load_init_weights(cfg.model)  # resumed: from the checkpoint
     cfg, splits = setup_data(cfg, data, info)
-    engine = build_engine(cfg, splits, info, init=not resume)
+    engine = build_engine(cfg, splits, info, weights)
+    if weights is not None and info.is_main:
+        print(weights.describe())
     state = restore(engine, resume_dir, run) if resume_dir else RunState()
     write_run_files(run, engine, splits)
     metric = metric_name(cfg, splits.multi_label)
