@@ -65,7 +65,10 @@ from mbt.training.engine import (
 )
 from mbt.training.optim import build_optimizer, build_scheduler
 
-LOG_FIELDS = ("epoch", "train_loss", "val_loss", "{metric}", "lr", "time", "clips_per_s")
+# The seed's columns first (epoch, train_loss, val_loss, train_acc, val_acc), then ours.
+LOG_FIELDS = (
+    "epoch", "train_loss", "val_loss", "train_acc", "{metric}", "lr", "time", "clips_per_s",
+)  # fmt: skip
 
 __all__ = ["NonFiniteLossError", "RunState", "load_run_config", "train"]
 
@@ -333,7 +336,7 @@ def write_log(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
 
 
 def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """``plot.png``: train / val loss and the validation metric per epoch."""
+    """``plot.png``: loss (train, val) and accuracy (train, val metric) per epoch."""
     # matplotlib takes ~1 s to import: only when a plot is drawn. The object-oriented Figure
     # needs no pyplot backend, so a notebook's backend is left alone.
     from matplotlib.figure import Figure
@@ -346,10 +349,17 @@ def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    ax2.plot(epochs, [float(r[metric]) for r in rows], "o-", color="C2")
+    with_acc = [r for r in rows if r.get("train_acc")]  # logs from before train_acc have none
+    if with_acc:
+        ax2.plot(
+            [int(r["epoch"]) for r in with_acc], [float(r["train_acc"]) for r in with_acc],
+            "o-", label="train (top-1)",
+        )  # fmt: skip
+    ax2.plot(epochs, [float(r[metric]) for r in rows], "o-", label=f"val ({metric[4:]})")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel(metric.replace("val_", "validation "))
+    ax2.set_ylabel("accuracy" if metric == "val_acc" else "top-1 / mAP")
     ax2.set_ylim(0, 1)
+    ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -568,6 +578,7 @@ def log_row(result: EpochResult, metric: str) -> dict[str, str]:
         "epoch": str(result.epoch),
         "train_loss": f"{s.loss:.6f}",
         "val_loss": f"{result.val['val_loss']:.6f}",
+        "train_acc": f"{s.accuracy:.6f}",
         metric: f"{result.val[metric]:.6f}",
         "lr": f"{result.lr:.6g}",
         "time": f"{s.seconds:.2f}",
@@ -612,7 +623,7 @@ def epoch_line(result: EpochResult, metric: str, epochs: int) -> str:
     skipped = f", {s.skipped} clips failed to decode (skipped)" if s.skipped else ""
     return (
         f"epoch {result.epoch}/{epochs}  train_loss {s.loss:.4f}  "
-        f"val_loss {val['val_loss']:.4f}  {metric} {val[metric]:.4f}"
+        f"val_loss {val['val_loss']:.4f}  train_acc {s.accuracy:.4f}  {metric} {val[metric]:.4f}"
         f"{' *' if result.improved else ''}  lr {result.lr:.2e}  {s.seconds:.1f}s "
         f"({s.clips / max(s.seconds, 1e-9):.1f} clips/s){skipped}"
     )
