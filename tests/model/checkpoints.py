@@ -34,7 +34,13 @@ def write_vit(
 
 
 def write_ast_pth(
-    path: Path, *, width: int, depth: int, mlp_ratio: float, time_patches: int = 4
+    path: Path,
+    *,
+    width: int,
+    depth: int,
+    mlp_ratio: float,
+    time_patches: int = 4,
+    classes: int = 527,
 ) -> dict[str, torch.Tensor]:
     """A random original-layout AST ``.pth`` at ``path``; returns the saved dict."""
     gen = torch.Generator().manual_seed(2)
@@ -50,8 +56,8 @@ def write_ast_pth(
         "v.norm.bias": (width,),
         "mlp_head.0.weight": (width,),
         "mlp_head.0.bias": (width,),
-        "mlp_head.1.weight": (527, width),
-        "mlp_head.1.bias": (527,),
+        "mlp_head.1.weight": (classes, width),
+        "mlp_head.1.bias": (classes,),
     }
     for i in range(depth):
         b = f"v.blocks.{i}."

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from mbt.config import ModelConfig
+from mbt.config import DataConfig, ModelConfig
 from mbt.model.mbt import MBT
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -372,6 +372,7 @@ def convert_ast(
     audio_frames: int | None = None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    data: DataConfig | None = None,
     **load_kwargs: Any,
 ):
     """An audio-only MBT carrying AST's encoder; saved with ``save_pretrained`` if ``out_dir``.
@@ -383,6 +384,7 @@ def convert_ast(
             the positional grid is cut or resized along time to fit.
         num_classes: size of the (zero-initialised) head; default: the AST classifier's.
         class_names: optional output names, stored in ``config.json``.
+        data: optional preprocessing to store with the weights (e.g. ``multi_label=True``).
         **load_kwargs: passed to :func:`load_ast`.
 
     Returns:
@@ -397,7 +399,7 @@ def convert_ast(
     model.eval()
     if out_dir is not None:
         info = {"converted_from": str(source), "format": "ast", "head": "not converted (zeros)"}
-        model.save_pretrained(out_dir, info=info)
+        model.save_pretrained(out_dir, data=data, info=info)
     return model
 
 
