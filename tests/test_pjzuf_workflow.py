@@ -158,3 +158,14 @@ def test_archive_to_prediction(tmp_path, weights, monkeypatch, capsys):
     assert main(["predict", str(run), str(video), "--top-k", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert sorted(p["label"] for p in result["predictions"]) == ["0", "1", "10"]
+
+
+def test_prepare_unpacks_the_archive_inside_the_cache(tmp_path, capsys):
+    archive = build_archive(tmp_path)
+    cache = tmp_path / "cache"
+    options = ["--out", str(cache), "--config", "pjzuf_c101", "--workers", "1"]
+    assert main(["prepare", str(archive), *TINY, *options]) == 0
+    assert f"archive: unpacked {archive} into {cache / 'pjzufc101'}" in capsys.readouterr().out
+    assert (cache / "index.json").is_file() and not (tmp_path / "pjzufc101").exists()
+    index = json.loads((cache / "index.json").read_text())
+    assert index["classes"] == ["0", "1", "10"]
