@@ -110,6 +110,7 @@ def test_presets_cover_the_shipped_recipes():
         "demo_audio",
         "demo_video",
         "mbt_b16_paper",
+        "pjzuf_c101",
         "ucf101_av",
         "vggsound",
         "audioset",

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mbt.config import load_config
+from mbt.data.archive import open_data_path
 from mbt.data.cache import prepare
 from mbt.data.demo import make_demo_data
 from mbt.data.video import MediaError
@@ -59,7 +60,7 @@ class _Exit(Exception):
 def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model", description="Train MBT on a data set.")
     p.add_argument("--config", help="config YAML file or preset name (see mbt/configs)")
-    p.add_argument("--data", help="data set folder (overrides data.root)")
+    p.add_argument("--data", help="data set folder or .zip archive (overrides data.root)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     p.add_argument("overrides", **OVERRIDES)
@@ -90,7 +91,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
         description="Multi-view evaluation of a trained run; writes RUN_DIR/eval.json.",
     )  # fmt: skip
     p.add_argument("run_dir", help="run directory written by mbt train")
-    p.add_argument("--data", help="data set folder (default: the run's data.root)")
+    p.add_argument("--data", help="data set folder or .zip (default: the run's data.root)")
     p.add_argument("--split", choices=["val", "test"], default="val")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
@@ -156,7 +157,7 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
         "prepare", help="decode a data set once into a cache",
         description="Decode every clip once into fixed-size tensors (read with data.cache=CACHE).",
     )  # fmt: skip
-    p.add_argument("data", help="data set folder")
+    p.add_argument("data", help="data set folder, or a .zip archive (unpacked into the cache)")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--config", help="config whose model/data settings fix the tensor sizes")
     p.add_argument("--workers", type=int, default=2)
@@ -167,7 +168,8 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    prepare(args.data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout)
+    data = open_data_path(args.data, into=args.out)  # a .zip is unpacked inside the cache folder
+    prepare(data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout)
     return 0
 
 

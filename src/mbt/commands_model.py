@@ -11,9 +11,9 @@ other commands do not need.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
+from mbt.config import DataConfig
+from mbt.data.labels import read_labels
 from mbt.model.hub import load_model
 
 
@@ -29,14 +29,23 @@ def _auto_int(text: str) -> int | None:
     return value
 
 
-def _class_names(path: str | None) -> list[str] | None:
-    """A JSON list, or a text file with one class name per line."""
-    if not path:
-        return None
-    text = Path(path).read_text()
-    if text.lstrip().startswith("["):
-        return [str(n) for n in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def _converted(convert, labels_path: str | None, *args, **kwargs):
+    """Run a converter with the names of ``labels_path`` (see :mod:`mbt.data.labels`) stored
+    in ``config.json``; AudioSet names also store ``data.multi_label``."""
+    labels = read_labels(labels_path) if labels_path else None
+    if labels is not None:
+        kwargs["class_names"] = labels.names
+        if labels.multi_label:  # sigmoid scores in predict / evaluate
+            kwargs["data"] = DataConfig(multi_label=True)
+    try:
+        model = convert(*args, **kwargs)
+    except ValueError as e:  # config_to_json: the names do not fit the head
+        if labels is not None and str(e).startswith("class_names:"):
+            raise ValueError(f"{labels.path}: {str(e).removeprefix('class_names: ')}") from None
+        raise
+    if labels is not None:
+        print(labels.describe())
+    return model
 
 
 def _summary(model, out: str) -> str:
@@ -52,10 +61,10 @@ def _summary(model, out: str) -> str:
 def _cmd_convert_scenic(args: argparse.Namespace) -> int:
     from mbt.model.scenic import convert_scenic
 
-    model = convert_scenic(
-        args.checkpoint, args.out_dir, fusion_layer=args.fusion_layer,
-        num_classes=args.num_classes, audio_frames=args.audio_frames, mel_bins=args.mel_bins,
-        image_size=args.image_size, class_names=_class_names(args.class_names),
+    model = _converted(
+        convert_scenic, args.labels, args.checkpoint, args.out_dir,
+        fusion_layer=args.fusion_layer, num_classes=args.num_classes,
+        audio_frames=args.audio_frames, mel_bins=args.mel_bins, image_size=args.image_size,
     )  # fmt: skip
     print(_summary(model, args.out_dir))
     return 0
@@ -64,10 +73,10 @@ def _cmd_convert_scenic(args: argparse.Namespace) -> int:
 def _cmd_convert_ast(args: argparse.Namespace) -> int:
     from mbt.model.ast import convert_ast
 
-    model = convert_ast(
-        args.source, args.out_dir, audio_frames=args.audio_frames, num_classes=args.num_classes,
-        class_names=_class_names(args.class_names), mel_bins=args.mel_bins,
-        max_length=args.max_length, stride=args.stride, num_heads=args.num_heads,
+    model = _converted(
+        convert_ast, args.labels, args.source, args.out_dir, audio_frames=args.audio_frames,
+        num_classes=args.num_classes, mel_bins=args.mel_bins, max_length=args.max_length,
+        stride=args.stride, num_heads=args.num_heads,
     )  # fmt: skip
     print(_summary(model, args.out_dir))
     print("note: AST's classifier (LayerNorm + Linear) is not carried over; the head is zero")
@@ -100,6 +109,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 SOURCE_HELP = "run directory, checkpoint or model folder (save_pretrained / convert), or Hub id"
+LABELS_HELP = (
+    "class names stored with the weights: AudioSet class_labels_indices.csv, a VGGSound CSV, "
+    "classInd.txt, a JSON list, or one name a line"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -131,7 +144,7 @@ def _register_convert(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--audio-frames", type=int, default=800, help="spectrogram frames T_a")
     s.add_argument("--mel-bins", type=int, default=128, help="mel bins F")
     s.add_argument("--image-size", type=int, default=224, help="frame side in pixels")
-    s.add_argument("--class-names", help="JSON list or text file, one name per line")
+    s.add_argument("--labels", "--class-names", dest="labels", metavar="FILE", help=LABELS_HELP)
     s.set_defaults(func=_cmd_convert_scenic)
 
     a = kinds.add_parser(
@@ -146,7 +159,7 @@ def _register_convert(sub: argparse._SubParsersAction) -> None:
                    "is cut from the middle or resized)")  # fmt: skip
     a.add_argument("--num-classes", type=_auto_int, default=None, metavar="N|auto",
                    help="head size (default auto: AST's classifier size)")  # fmt: skip
-    a.add_argument("--class-names", help="JSON list or text file, one name per line")
+    a.add_argument("--labels", "--class-names", dest="labels", metavar="FILE", help=LABELS_HELP)
     a.add_argument("--mel-bins", type=int, default=128, help=".pth only: mel bins F")
     a.add_argument("--max-length", type=int, default=1024, help=".pth only: trained T_a")
     a.add_argument("--stride", type=int, default=10, help=".pth only: patch stride")

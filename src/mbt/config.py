@@ -76,6 +76,9 @@ class ModelConfig:
     test_with_bottlenecks: bool = True  # official switch: False turns fusion off at inference
     # Initialisation: "" (random), a timm model name, or a local ViT checkpoint file.
     init: str = ""
+    # Audio stream from AST, applied after ``init``: "" (none), an HF AST folder or weights
+    # file, an original AST .pth, or a Hub id (org/name). See mbt.model.inits.
+    audio_init: str = ""
 
     def __post_init__(self) -> None:
         _check(self.num_classes >= 1, "model.num_classes", "must be >= 1")

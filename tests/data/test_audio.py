@@ -100,6 +100,14 @@ def test_log_mel_shapes_and_batching():
     assert torch.isfinite(log_mel(torch.zeros(SR))).all()  # silence hits the log floor, no -inf
 
 
+def test_log_mel_accepts_numpy_and_refuses_integer_samples():
+    wav = speech_like(1.0)  # float32 numpy, as a wav reader returns it after scaling
+    torch.testing.assert_close(log_mel(wav), log_mel(torch.from_numpy(wav)))
+    assert log_mel(wav.astype(np.float64)).dtype == torch.float32
+    with pytest.raises(ValueError, match="int16.*32768"):
+        log_mel((wav * 32767).astype(np.int16))
+
+
 def test_mel_filters_are_cached_and_kaldi_shaped():
     fb = mel_filters(128, 512, SR)
     assert fb is mel_filters(128, 512, SR)

@@ -21,6 +21,13 @@ def test_drop_modality_zeroes_one_input_per_dropped_clip():
     assert engine.drop_modality({"video": inputs["video"]}, 0.5, g)["video"].equal(inputs["video"])
 
 
+def test_top1_hits_single_and_multi_label():
+    logits = torch.tensor([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # top: 1, 0, 2
+    assert engine.top1_hits(logits, torch.tensor([1, 2, 2]), multi_label=False) == 2
+    multi_hot = torch.tensor([[0, 1, 1], [0, 1, 0], [1, 0, 1]])  # top is a positive: yes, no, yes
+    assert engine.top1_hits(logits, multi_hot, multi_label=True) == 2
+
+
 def test_collect_logits_on_a_process_without_clips(demo_cache, monkeypatch):
     # The val split is smaller than the world size: this process's shard is empty.
     cfg = tiny_config(f"data.cache={demo_cache}")

@@ -37,8 +37,10 @@ def test_train_writes_the_run_directory(demo_cache, tmp_path):
         assert (run / "checkpoints" / d / "model.safetensors").is_file()
         assert (run / "checkpoints" / d / "state.pt").is_file()
     header, *rows = (run / "training_log.csv").read_text().splitlines()
-    assert header == "epoch,train_loss,val_loss,val_acc,lr,time,clips_per_s"
+    # The seed's columns first, in the seed's order.
+    assert header == "epoch,train_loss,val_loss,train_acc,val_acc,lr,time,clips_per_s"
     assert len(rows) == 2 and s["epochs_run"] == 2
+    assert all(0.0 <= float(r.split(",")[3]) <= 1.0 for r in rows)
     assert len(json.loads((run / "classes.json").read_text())) == 6
     state = load_state(run / "checkpoints" / "last")
     assert state["epoch"] == 2 and state["config"]["model"]["num_classes"] == 6
@@ -205,7 +207,9 @@ def test_ddp_step_matches_single_process(demo_cache, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     log = (tmp_path / "ddp" / "training_log.csv").read_text().splitlines()
     single = (tmp_path / "single" / "training_log.csv").read_text().splitlines()
-    assert log[1].split(",")[3] == single[1].split(",")[3]  # same val_acc over the whole split
+    # The same val_acc over the whole split, and the same train_acc: the hits of both
+    # processes' forward passes are summed.
+    assert log[1].split(",")[3:5] == single[1].split(",")[3:5]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,4 +348,4 @@ def test_ddp_rank_with_failed_batch_and_no_val_clip_completes(demo_cache, tmp_pa
     for k in a:  # the processes took the same steps: identical weights
         assert torch.equal(a[k], b[k]), k
     header, row = (run / "training_log.csv").read_text().splitlines()
-    assert row.split(",")[3] in ("0.000000", "1.000000")  # val_acc of the single val clip
+    assert row.split(",")[4] in ("0.000000", "1.000000")  # val_acc of the single val clip

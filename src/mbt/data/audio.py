@@ -197,7 +197,9 @@ def _hz_to_mel(hz: float) -> float:
 
 
 def log_mel(
-    waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = N_MELS
+    waveform: torch.Tensor | np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    num_mel_bins: int = N_MELS,
 ) -> torch.Tensor:
     """AST's log-mel filterbank: ``torchaudio.compliance.kaldi.fbank`` as AST calls it.
 
@@ -209,15 +211,25 @@ def log_mel(
     term (``use_energy=False``, so ``htk_compat`` changes nothing).
 
     Args:
-        waveform: float (..., N) samples at ``sample_rate``, in [-1, 1] (not int16-scaled).
+        waveform: float (..., N) samples at ``sample_rate``, in [-1, 1] (not int16-scaled);
+            a tensor or a numpy array.
         sample_rate: Hz.
         num_mel_bins: F.
 
     Returns:
         float32 (..., T_a, F) with ``T_a = 1 + (N - 400) // 160`` at 16 kHz (0 if N < 400).
+
+    Raises:
+        ValueError: integer samples (int16 from a wav reader must be divided by 32768 first).
     """
     window, hop, n_fft = _frame_sizes(sample_rate)
-    x = waveform.float()
+    x = torch.as_tensor(waveform)  # numpy arrays share their memory, tensors pass through
+    if not x.is_floating_point():
+        raise ValueError(
+            f"log_mel: expected float samples in [-1, 1], got {x.dtype} "
+            "(divide int16 samples by 32768)"
+        )
+    x = x.float()
     x = x - x.mean(dim=-1, keepdim=True)  # (..., N)
     if x.shape[-1] < window:
         return x.new_zeros(*x.shape[:-1], 0, num_mel_bins)

@@ -25,6 +25,7 @@ head is a single Linear), so converted heads start at zero. HF configs use Layer
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from mbt.config import ModelConfig
+from mbt.config import DataConfig, ModelConfig
 from mbt.model.mbt import MBT
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -163,8 +164,9 @@ def load_ast(
     path = _weights_file(source)
     try:
         raw = _load_torch(path)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read AST weights ({e})") from None
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot read AST weights ({first})") from None
     try:
         if any("embeddings.distillation_token" in k for k in raw):
             ast = _hf_weights(raw, path.parent / "config.json")
@@ -303,7 +305,9 @@ def _check_fits(model, ast: ASTWeights) -> None:
         raise ValueError("the model has no audio stream")
 
 
-def init_audio_from_ast(model, source: str | Path | ASTWeights, **load_kwargs: Any) -> list[str]:
+def init_audio_from_ast(
+    model, source: str | Path | ASTWeights, *, final_norm: bool = True, **load_kwargs: Any
+) -> list[str]:
     """Initialise the audio stream of an MBT (and the shared final norm) from AST weights.
 
     The positional grid is fitted to the model's audio grid (cut from the middle or resized);
@@ -313,6 +317,8 @@ def init_audio_from_ast(model, source: str | Path | ASTWeights, **load_kwargs: A
     Args:
         model: an :class:`mbt.model.MBT` with an audio stream of AST's width and depth.
         source: an AST checkpoint (see :func:`load_ast`) or loaded :class:`ASTWeights`.
+        final_norm: also copy AST's final LayerNorm into the model's shared final norm (False
+            keeps the norm the video stream was initialised with).
         **load_kwargs: passed to :func:`load_ast`.
 
     Returns:
@@ -323,7 +329,8 @@ def init_audio_from_ast(model, source: str | Path | ASTWeights, **load_kwargs: A
     _check_fits(model, ast)
     prefix = model.embed["audio"].prefix.num_prefix
     values = audio_stream_tensors(ast, model.cfg, prefix)
-    values["norm.weight"], values["norm.bias"] = ast.sd["norm.weight"], ast.sd["norm.bias"]
+    if final_norm:
+        values["norm.weight"], values["norm.bias"] = ast.sd["norm.weight"], ast.sd["norm.bias"]
     params = dict(model.named_parameters())
     for i, layer in enumerate(model.layers):
         for name, _ in layer.named_parameters():
@@ -365,6 +372,7 @@ def convert_ast(
     audio_frames: int | None = None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    data: DataConfig | None = None,
     **load_kwargs: Any,
 ):
     """An audio-only MBT carrying AST's encoder; saved with ``save_pretrained`` if ``out_dir``.
@@ -376,6 +384,7 @@ def convert_ast(
             the positional grid is cut or resized along time to fit.
         num_classes: size of the (zero-initialised) head; default: the AST classifier's.
         class_names: optional output names, stored in ``config.json``.
+        data: optional preprocessing to store with the weights (e.g. ``multi_label=True``).
         **load_kwargs: passed to :func:`load_ast`.
 
     Returns:
@@ -390,7 +399,7 @@ def convert_ast(
     model.eval()
     if out_dir is not None:
         info = {"converted_from": str(source), "format": "ast", "head": "not converted (zeros)"}
-        model.save_pretrained(out_dir, info=info)
+        model.save_pretrained(out_dir, data=data, info=info)
     return model
 
 

@@ -32,7 +32,7 @@ import msgpack
 import numpy as np
 import torch
 
-from mbt.config import ModelConfig
+from mbt.config import DataConfig, ModelConfig
 from mbt.model.mbt import MBT
 
 _EXT_NDARRAY, _EXT_COMPLEX, _EXT_SCALAR = 1, 2, 3  # flax's msgpack extension codes
@@ -419,6 +419,7 @@ def convert_scenic(
     mel_bins: int = 128,
     image_size: int = 224,
     class_names: list[str] | None = None,
+    data: DataConfig | None = None,
 ):
     """Read a scenic MBT checkpoint, build the matching :class:`~mbt.model.MBT`, load it.
 
@@ -431,6 +432,8 @@ def convert_scenic(
         mel_bins: mel bins F the checkpoint was trained with.
         image_size: frame side the checkpoint was trained with.
         class_names: optional names of the outputs, stored in ``config.json``.
+        data: optional preprocessing to store with the weights (e.g. ``multi_label=True`` for
+            AudioSet: sigmoid scores).
 
     Returns:
         The converted model in eval mode.
@@ -458,5 +461,6 @@ def convert_scenic(
     model.class_names = class_names
     model.eval()
     if out_dir is not None:
-        model.save_pretrained(out_dir, info={"converted_from": str(checkpoint), "format": "scenic"})
+        info = {"converted_from": str(checkpoint), "format": "scenic"}
+        model.save_pretrained(out_dir, data=data, info=info)
     return model

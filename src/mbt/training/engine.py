@@ -131,6 +131,7 @@ class EpochStats:
     clips: int  # clips trained on, all processes
     seconds: float
     skipped: int = 0  # clips that failed to decode, all processes
+    accuracy: float = math.nan  # top-1 of the training forward passes (see train_step)
 
 
 @dataclass
@@ -176,6 +177,7 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
     gen = epoch_generator(tc.seed, epoch, info.rank)
     engine.net.train()
     loss_sum, clips = torch.zeros((), dtype=torch.float64), 0
+    hits = torch.zeros((), dtype=torch.float64)
     start = time.perf_counter()
     bar = progress_bar(
         total=len(loader.sampler) * info.world_size, desc=f"epoch {epoch + 1}/{tc.epochs}",
@@ -188,9 +190,10 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
         loss, b = None, 0
         if _all_have_batch(batch is not None, info):  # None: every clip failed to decode
             sync = last_in_group or not info.distributed
-            loss, b = train_step(engine, batch, gen, epoch, group_size, sync)
+            loss, b, correct = train_step(engine, batch, gen, epoch, group_size, sync)
             group = _Group(backward=True, synced=sync)
             loss_sum += loss.detach().double().cpu() * b
+            hits += correct.double().cpu()
             clips += b
         if last_in_group:
             _end_group(engine, group)
@@ -200,7 +203,7 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
             if i % max(1, tc.log_every) == 0 or i == len(loader) - 1:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{current_lr(engine):.2e}")
     bar.close()
-    return _epoch_stats(loss_sum, clips, len(loader.sampler), start)
+    return _epoch_stats(loss_sum, hits, clips, len(loader.sampler), start)
 
 
 def train_step(
@@ -210,7 +213,7 @@ def train_step(
     epoch: int,
     group_size: int,
     sync: bool,
-) -> tuple[torch.Tensor, int]:
+) -> tuple[torch.Tensor, int, torch.Tensor]:
     """Forward and backward of one batch (the optimizer steps at the end of its group).
 
     Args:
@@ -218,7 +221,9 @@ def train_step(
         sync: let DDP all-reduce the gradients in this backward (the group's last batch).
 
     Returns:
-        ``(loss, clips in the batch)``.
+        ``(loss, clips in the batch, clips whose top class is their label)``. The hits are
+        those of the training forward pass itself (dropout, augmentation and modality dropout
+        on; with mixup, against each clip's own label), the seed's ``train_acc``.
     """
     tc = engine.cfg.train
     inputs, targets = _augmented(engine, batch, generator)
@@ -228,7 +233,22 @@ def train_step(
         loss = training_loss(per, targets, engine.multi_label, tc.per_modality_loss)
         _check_finite(loss, epoch, engine.step)
         engine.scaler.scale(loss / group_size).backward()
-    return loss, targets.shape[0]
+    logits = torch.stack([lg.detach().float() for lg in per.values()]).mean(0)  # (B, C)
+    return loss, targets.shape[0], top1_hits(logits, batch["label"], engine.multi_label)
+
+
+def top1_hits(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """How many clips' highest-scoring class is their label (multi-label: one of them).
+
+    Args:
+        logits: (B, C).
+        labels: (B,) class ids, or (B, C) multi-hot.
+    """
+    top = logits.argmax(-1)  # (B,)
+    labels = labels.to(top.device)
+    if multi_label:
+        return (labels.gather(1, top[:, None]).squeeze(1) > 0.5).sum()
+    return (top == labels).sum()
 
 
 def _augmented(
@@ -267,13 +287,16 @@ def _end_group(engine: Engine, group: _Group) -> None:
     _optimizer_step(engine, take=group.backward)
 
 
-def _epoch_stats(loss_sum: torch.Tensor, clips: int, sampled: int, start: float) -> EpochStats:
-    """Mean loss over every process's clips; clips that failed to decode were dropped by
-    collate and count as skipped."""
-    sums = torch.tensor([loss_sum.item(), clips, sampled - clips], dtype=torch.float64)
+def _epoch_stats(
+    loss_sum: torch.Tensor, hits: torch.Tensor, clips: int, sampled: int, start: float
+) -> EpochStats:
+    """Mean loss and accuracy over every process's clips; clips that failed to decode were
+    dropped by collate and count as skipped."""
+    sums = torch.tensor([loss_sum.item(), clips, sampled - clips, hits.item()], dtype=torch.float64)
     sums = dist.all_reduce_sum(sums)
     loss_mean = (sums[0] / sums[1]).item() if sums[1] > 0 else math.nan
-    return EpochStats(loss_mean, int(sums[1]), time.perf_counter() - start, int(sums[2]))
+    accuracy = (sums[3] / sums[1]).item() if sums[1] > 0 else math.nan
+    return EpochStats(loss_mean, int(sums[1]), time.perf_counter() - start, int(sums[2]), accuracy)
 
 
 def current_lr(engine: Engine) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mbt.config import RunConfig, replace
+from mbt.data.archive import open_data_path
 from mbt.model.hub import STATE, LoadedModel, load_model, read_state
 from mbt.training.distributed import pick_device
 from mbt.training.engine import collect_logits
@@ -102,8 +103,8 @@ def evaluate_run(
 def _eval_config(loaded: LoadedModel, data: str | Path | None) -> RunConfig:
     """The run's config (or the model's own data config), pointed at ``data`` when given."""
     cfg = loaded.run_config or RunConfig(model=loaded.model.cfg, data=loaded.data)
-    if data:  # explicit media folder: decode it, even if the run was trained from a cache
-        cfg = replace(cfg, data=replace(cfg.data, root=str(data), cache=""))
+    if data:  # explicit media folder (or .zip): decode it, even if the run used a cache
+        cfg = replace(cfg, data=replace(cfg.data, root=str(open_data_path(data)), cache=""))
     if not cfg.data.root and not cfg.data.cache:
         raise ValueError(f"{loaded.folder}: no data set known for this model; pass --data DIR")
     return cfg

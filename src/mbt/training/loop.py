@@ -3,9 +3,12 @@
 A run, step by step (:func:`_train` reads as this list)::
 
     check_run_dir     out/ is new, or holds checkpoints/last to --resume
-    setup_data        scan(data) -> train / val AVDataset or CachedDataset -> DataLoaders
-                      (DistributedSampler seeded per epoch; ShardSampler for val)
-    build_engine      seed -> MBT -> [ViT init] -> [DDP, compile] -> optimizer, schedule, scaler
+    load_init_weights model.init (ViT) and model.audio_init (AST), read before the data: a
+                      missing weight file fails at once (new runs only)
+    setup_data        [unpack a .zip] -> scan(data) -> train / val AVDataset or CachedDataset
+                      -> DataLoaders (DistributedSampler seeded per epoch; ShardSampler for val)
+    build_engine      seed -> MBT -> [ViT, AST init] -> [DDP, compile] -> optimizer, schedule,
+                      scaler
     restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
     write_run_files   config.yaml (resolved, flat), classes.json
     every epoch       run_epoch (train_one_epoch + validate) -> select_best (best? patience)
@@ -44,11 +47,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from mbt import progress
 from mbt.config import RunConfig, TrainConfig, load_config, replace, save_config, to_dict
+from mbt.data.archive import open_data_path
 from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
 from mbt.model import MBT
-from mbt.model.pretrained import init_from_vit
+from mbt.model.inits import InitWeights, apply_init, load_init_weights
 from mbt.training import checkpoint as ckpt
 from mbt.training import distributed as dist
 from mbt.training.engine import (
@@ -61,7 +65,10 @@ from mbt.training.engine import (
 )
 from mbt.training.optim import build_optimizer, build_scheduler
 
-LOG_FIELDS = ("epoch", "train_loss", "val_loss", "{metric}", "lr", "time", "clips_per_s")
+# The seed's columns first (epoch, train_loss, val_loss, train_acc, val_acc), then ours.
+LOG_FIELDS = (
+    "epoch", "train_loss", "val_loss", "train_acc", "{metric}", "lr", "time", "clips_per_s",
+)  # fmt: skip
 
 __all__ = ["NonFiniteLossError", "RunState", "load_run_config", "train"]
 
@@ -70,10 +77,14 @@ __all__ = ["NonFiniteLossError", "RunState", "load_run_config", "train"]
 # Data
 
 
-def resolve_data(cfg: RunConfig, data: str | Path | None) -> RunConfig:
-    """Put ``--data`` into ``cfg.data.root`` (so the saved config knows where the data was)."""
+def resolve_data(cfg: RunConfig, data: str | Path | None, announce: bool = True) -> RunConfig:
+    """Put ``--data`` into ``cfg.data.root`` (so the saved config knows where the data was); a
+    ``.zip`` is unpacked once (:mod:`mbt.data.archive`) and its folder becomes the root."""
     if data:
         cfg = replace(cfg, data=replace(cfg.data, root=str(data)))
+    if cfg.data.root and not cfg.data.cache:  # a prepared cache is read instead of the media
+        root = open_data_path(cfg.data.root, announce=announce)
+        cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
     if not cfg.data.root and not cfg.data.cache:
         raise ValueError("no data set given: pass --data DIR or set data.root (or data.cache)")
     return cfg
@@ -144,7 +155,7 @@ def setup_data(
         The config with ``data.root``, ``model.num_classes`` and ``data.multi_label`` set from
         the data, and the :class:`RunData`.
     """
-    cfg = resolve_data(cfg, data)
+    cfg = resolve_data(cfg, data, announce=info.is_main)
     index = scan_data(cfg)
     if info.is_main:
         print(index.report.format() if index else f"data: prepared cache {cfg.data.cache}")
@@ -202,14 +213,17 @@ def build_model(cfg: RunConfig) -> nn.Module:
     return MBT(cfg.model)
 
 
-def build_engine(cfg: RunConfig, data: RunData, info: dist.DistInfo, *, init: bool) -> Engine:
-    """Model (seeded; ``model.init`` weights when ``init``), its DDP / compiled wrapper,
+def build_engine(
+    cfg: RunConfig, data: RunData, info: dist.DistInfo, weights: InitWeights | None = None
+) -> Engine:
+    """Model (seeded, then the pretrained ``weights``, if any), its DDP / compiled wrapper,
     optimizer, per-step schedule and GradScaler."""
     tc = cfg.train
     seed_everything(tc.seed)
-    model = build_model(cfg).to(info.device)
-    if cfg.model.init and init:
-        init_from_vit(model, cfg.model.init)
+    model = build_model(cfg)
+    if weights is not None:
+        apply_init(model, weights)
+    model = model.to(info.device)
     net: nn.Module = model
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
@@ -322,7 +336,7 @@ def write_log(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
 
 
 def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """``plot.png``: train / val loss and the validation metric per epoch."""
+    """``plot.png``: loss (train, val) and accuracy (train, val metric) per epoch."""
     # matplotlib takes ~1 s to import: only when a plot is drawn. The object-oriented Figure
     # needs no pyplot backend, so a notebook's backend is left alone.
     from matplotlib.figure import Figure
@@ -335,10 +349,17 @@ def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    ax2.plot(epochs, [float(r[metric]) for r in rows], "o-", color="C2")
+    with_acc = [r for r in rows if r.get("train_acc")]  # logs from before train_acc have none
+    if with_acc:
+        ax2.plot(
+            [int(r["epoch"]) for r in with_acc], [float(r["train_acc"]) for r in with_acc],
+            "o-", label="train (top-1)",
+        )  # fmt: skip
+    ax2.plot(epochs, [float(r[metric]) for r in rows], "o-", label=f"val ({metric[4:]})")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel(metric.replace("val_", "validation "))
+    ax2.set_ylabel("accuracy" if metric == "val_acc" else "top-1 / mAP")
     ax2.set_ylim(0, 1)
+    ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -413,8 +434,11 @@ def _train(
     if cfg.train.precision == "fp16" and info.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
     resume_dir = check_run_dir(run, resume)
+    weights = None if resume else load_init_weights(cfg.model)  # resumed: from the checkpoint
     cfg, splits = setup_data(cfg, data, info)
-    engine = build_engine(cfg, splits, info, init=not resume)
+    engine = build_engine(cfg, splits, info, weights)
+    if weights is not None and info.is_main:
+        print(weights.describe())
     state = restore(engine, resume_dir, run) if resume_dir else RunState()
     write_run_files(run, engine, splits)
     metric = metric_name(cfg, splits.multi_label)
@@ -554,6 +578,7 @@ def log_row(result: EpochResult, metric: str) -> dict[str, str]:
         "epoch": str(result.epoch),
         "train_loss": f"{s.loss:.6f}",
         "val_loss": f"{result.val['val_loss']:.6f}",
+        "train_acc": f"{s.accuracy:.6f}",
         metric: f"{result.val[metric]:.6f}",
         "lr": f"{result.lr:.6g}",
         "time": f"{s.seconds:.2f}",
@@ -598,7 +623,7 @@ def epoch_line(result: EpochResult, metric: str, epochs: int) -> str:
     skipped = f", {s.skipped} clips failed to decode (skipped)" if s.skipped else ""
     return (
         f"epoch {result.epoch}/{epochs}  train_loss {s.loss:.4f}  "
-        f"val_loss {val['val_loss']:.4f}  {metric} {val[metric]:.4f}"
+        f"val_loss {val['val_loss']:.4f}  train_acc {s.accuracy:.4f}  {metric} {val[metric]:.4f}"
         f"{' *' if result.improved else ''}  lr {result.lr:.2e}  {s.seconds:.1f}s "
         f"({s.clips / max(s.seconds, 1e-9):.1f} clips/s){skipped}"
     )

@@ -51,9 +51,15 @@ def test_ucf101_without_lists_and_require_audio(tmp_path):
     root = tmp_path / "ucf"
     _ucf_tree(root, audio_classes={"ApplyLipstick", "YoYo"})
     index = scan(root, DataConfig(val_fraction=0.25))
-    assert index.classes == ["ApplyLipstick", "HandstandPushups", "YoYo"]
-    assert len(index.report.no_audio) == 8  # HandstandPushups has no sound: skipped by default
+    # HandstandPushups has no sound: its clips are skipped by default, and so is the class
+    # (a head never has a class without clips).
+    assert index.classes == ["ApplyLipstick", "YoYo"]
+    assert len(index.report.no_audio) == 8
+    assert index.report.silent_classes == index.report.dropped_classes == ["HandstandPushups"]
     assert not groups(index.train) & groups(index.val)
+    kept = scan(root, DataConfig(val_fraction=0.25, missing_audio="silence"))
+    assert kept.classes == ["ApplyLipstick", "HandstandPushups", "YoYo"]
+    assert kept.report.silent_classes == ["HandstandPushups"] and not kept.report.dropped_classes
     kept = scan(root, DataConfig(require_audio=True))
     assert kept.classes == ["ApplyLipstick", "YoYo"]  # contiguous ids after the remap
     assert {c.labels[0] for c in kept.train + kept.val} == {0, 1}

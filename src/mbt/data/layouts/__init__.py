@@ -11,11 +11,14 @@
 ``data.layout`` picks one (``auto``: the CSV formats when there is a manifest, else the first
 folder layout whose ``detect`` says yes). Then, whatever the format: every file is probed
 (:mod:`~mbt.data.layouts.probe`: unreadable files are listed and left out, never replaced by
-zeros; clips without any audio follow ``data.missing_audio``); class ids index the format's
-class list (sorted case-insensitively, unless the data set fixes an order: ``classInd.txt``,
+zeros; clips without any audio follow ``data.missing_audio``); a class left without clips
+(every clip silent and ``missing_audio=skip``) is dropped, so the head has exactly the classes
+there is data for; class ids index the format's class list (sorted case-insensitively, by
+value when every name is a number, unless the data set fixes an order: ``classInd.txt``,
 ``class_labels_indices.csv``), so they are the same on every machine whatever order the file
 system lists files in; and the splits are the data set's own or held out
-(:mod:`~mbt.data.layouts.split`). :class:`ScanReport` says what was found and left out.
+(:mod:`~mbt.data.layouts.split`). A folder whose only subfolder holds the data set (an
+archive's top folder) is read through. :class:`ScanReport` says what was found and left out.
 
 Adding a format: a module with ``NAME``, ``LAYOUT``, ``DESCRIPTION``, ``detect(source)`` and
 ``gather(source, report)`` (the :class:`~mbt.data.layouts.base.Format` contract) and one line in
@@ -24,6 +27,7 @@ Adding a format: a module with ``NAME``, ``LAYOUT``, ``DESCRIPTION``, ``detect(s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from mbt.config import DataConfig
@@ -75,22 +79,28 @@ def scan(
         ValueError: no data set at ``root``, an unreadable manifest, no usable clip, or
             ``missing_audio=error`` and a clip without audio (naming the first such file).
     """
-    source = _open_source(root, cfg, require_video)
+    given = _open_source(root, cfg, require_video)
+    source = _one_level_down(given)
     fmt = _pick_format(source)
     report = ScanReport(
         root=str(source.root), layout=fmt.NAME, missing_audio_policy=cfg.missing_audio
     )
+    if source.root != given.root:
+        report.notes.append(f"the data set is the only folder inside {given.root}")
     cands, classes = fmt.gather(source, report)
     report.clips_found = len(cands)
     _check_labels(cands, source)
     if require_video:
         cands = _with_video(cands, report)
+    had_clips = {n for c in cands for n in c.names}
     cands = probe_and_filter(cands, report, cfg, need_audio, workers)
     if not cands:
         raise ValueError(f"{source.root}: no usable clip found\n{report.format()}")
-    source_ids = None
-    if cfg.require_audio:
-        classes, source_ids = _drop_empty_classes(classes, cands, report)
+    # require_audio keeps only classes with sound (UCF101's class list names all 101); else a
+    # class is dropped when it had clips and none is left (no sound and missing_audio=skip,
+    # or every file unreadable): the head has exactly the classes there is data for.
+    keep_if_unseen = not cfg.require_audio
+    classes, source_ids = _drop_empty_classes(classes, cands, report, had_clips, keep_if_unseen)
     clips = _label(cands, classes)
     splits = split(cands, clips, cfg)
     report.classes = len(classes)
@@ -120,6 +130,32 @@ def _open_source(root: str | Path | None, cfg: DataConfig, require_video: bool) 
     if path is None or not path.is_file():
         raise ValueError(f"{path or root}: manifest not found (set data.manifest)")
     return Source(root, cfg, require_video, read_table(path))
+
+
+def _folder_formats(source: Source) -> list[Format]:
+    """The folder layouts ``data.layout`` allows (all of them for ``auto``)."""
+    layout = source.cfg.layout
+    if layout not in ("auto", "csv"):
+        return [f for f in FORMATS if f.LAYOUT == layout]
+    return [f for f in FORMATS if f.LAYOUT != "csv"]
+
+
+def _one_level_down(source: Source) -> Source:
+    """The folder's only subfolder, when no layout is found in the folder but one is found
+    there (an archive that wraps its data set in a top folder: ``pjzufc101/video/...``)."""
+    if source.table is not None or not source.root.is_dir():
+        return source
+    formats = _folder_formats(source)
+    if any(f.detect(source) for f in formats):
+        return source
+    subs = [
+        d for d in source.root.iterdir()
+        if d.is_dir() and not d.name.startswith((".", "__MACOSX"))
+    ]  # fmt: skip
+    if len(subs) != 1:
+        return source
+    inner = dataclasses.replace(source, root=subs[0])
+    return inner if any(f.detect(inner) for f in formats) else source
 
 
 def _pick_format(source: Source) -> Format:
@@ -157,14 +193,28 @@ def _with_video(cands: list[Candidate], report: ScanReport) -> list[Candidate]:
 
 
 def _drop_empty_classes(
-    classes: list[str], cands: list[Candidate], report: ScanReport
-) -> tuple[list[str], dict[str, int]]:
-    """``require_audio``: the classes that kept a clip (ids made contiguous again), and each
-    kept class's id before the remap."""
+    classes: list[str],
+    cands: list[Candidate],
+    report: ScanReport,
+    had_clips: set[str],
+    keep_if_unseen: bool,
+) -> tuple[list[str], dict[str, int] | None]:
+    """The classes that kept a clip (ids made contiguous again) and each kept class's id
+    before the remap (None when nothing was dropped and ``keep_if_unseen``).
+
+    Args:
+        had_clips: the classes that had clips before probing.
+        keep_if_unseen: keep the classes that never had a clip (a fixed class list, such as
+            AudioSet's, stays whole); False drops them too (``data.require_audio``).
+    """
     used = {n for c in cands for n in c.names}
-    report.dropped_classes = [n for n in classes if n not in used]
-    source_ids = {n: i for i, n in enumerate(classes) if n in used}
-    return [n for n in classes if n in used], source_ids
+    dropped = [n for n in classes if n not in used and (n in had_clips or not keep_if_unseen)]
+    if not dropped and keep_if_unseen:
+        return classes, None
+    report.dropped_classes = dropped
+    gone = set(dropped)
+    source_ids = {n: i for i, n in enumerate(classes) if n not in gone}
+    return [n for n in classes if n not in gone], source_ids
 
 
 def _label(cands: list[Candidate], classes: list[str]) -> dict[str, Clip]:

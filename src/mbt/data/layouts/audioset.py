@@ -62,7 +62,7 @@ def gather(source: Source, report: ScanReport) -> Found:
     assert source.table is not None
     manifest, root = source.table.path, source.files_root
     classes_file = _find_classes(manifest, root)
-    by_mid = _read_classes(classes_file)
+    by_mid = read_class_indices(classes_file)
     videos, audios = stem_index(root, VIDEO_EXTS), stem_index(root, AUDIO_EXTS)
     cands, rows = [], 0
     for lineno, line in enumerate(source.table.lines, 1):
@@ -115,7 +115,7 @@ def _find_classes(manifest: Path, root: Path) -> Path:
     )
 
 
-def _read_classes(path: Path) -> dict[str, tuple[int, str]]:
+def read_class_indices(path: Path) -> dict[str, tuple[int, str]]:
     """mid -> (index, display_name) from ``class_labels_indices.csv`` (with its header)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:

@@ -49,7 +49,7 @@ class DataIndex:
     test: list[Clip]  # may be empty
     multi_label: bool
     report: ScanReport
-    source_ids: dict[str, int] | None = None  # require_audio: class -> id before the remap
+    source_ids: dict[str, int] | None = None  # classes dropped: class -> id before the remap
 
     def split(self, name: str) -> list[Clip]:
         """The clips of ``"train"``, ``"val"`` or ``"test"``."""
@@ -165,8 +165,13 @@ def rel_key(path: Path, base: Path) -> str:
 
 
 def class_sort(names: Iterable[str]) -> list[str]:
-    """Sorted class names: case-insensitive, then case-sensitive to break ties."""
-    return sorted(set(names), key=lambda s: (s.lower(), s))
+    """Sorted class names: case-insensitive, then case-sensitive to break ties. Names that are
+    all whole numbers (class folders ``0``..``100``) sort by value, so folder ``k`` is id ``k``
+    (``"10"`` after ``"9"``, not after ``"1"``)."""
+    unique = set(names)
+    if unique and all(n.strip().isdecimal() for n in unique):
+        return sorted(unique, key=lambda s: (int(s), s))
+    return sorted(unique, key=lambda s: (s.lower(), s))
 
 
 def canonical(names: Iterable[str]) -> dict[str, str]:
@@ -178,11 +183,18 @@ def canonical(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def canonicalise(cands: list[Candidate]) -> list[str]:
-    """Give every candidate one spelling per class name; returns the sorted class list."""
+def canonicalise(cands: list[Candidate], report: ScanReport | None = None) -> list[str]:
+    """Give every candidate one spelling per class name; returns the sorted class list.
+
+    Class folders whose names differ only in case (UCF101's ``HandstandPushups`` holds
+    ``v_HandStandPushups_*`` files; a copy may have both folders) are one class; each such
+    merge is listed in ``report.merged_classes`` as ``"Kept = Other"``.
+    """
     canon = canonical(n for c in cands for n in c.names)
     for c in cands:
         c.names = tuple(canon[n] for n in c.names)
+    if report is not None:
+        report.merged_classes += [f"{kept} = {n}" for n, kept in canon.items() if n != kept]
     return class_sort(canon.values())
 
 

@@ -2,7 +2,8 @@
 
 Probing reads headers only (a thread pool for large data sets). An unreadable video drops its
 clip; an unreadable audio file falls back to the video's own track. Clips without any sound
-then follow ``data.missing_audio`` (or ``data.require_audio``).
+then follow ``data.missing_audio`` (or ``data.require_audio``); classes none of whose clips has
+sound are listed in ``report.silent_classes``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import av
 
 from mbt.config import DataConfig
-from mbt.data.layouts.base import Candidate
+from mbt.data.layouts.base import Candidate, class_sort
 from mbt.data.layouts.report import ScanReport
 from mbt.data.video import MediaError, open_media, probe_video
 
@@ -47,6 +48,8 @@ def probe_and_filter(
         kept.append(c)
     without = [c for c in kept if not c.has_audio]
     report.no_audio = [str(c.video) for c in without]
+    with_sound = {n for c in kept if c.has_audio for n in c.names}
+    report.silent_classes = class_sort({n for c in without for n in c.names} - with_sound)
     if cfg.require_audio:
         return [c for c in kept if c.has_audio]
     if not need_audio or not without:

@@ -46,18 +46,18 @@ def gather(source: Source, report: ScanReport) -> Found:
     lists = _list_dir(root)
     if lists is None:
         report.notes.append("no classInd.txt: classes from folders, group-aware held-out split")
-        return _from_folders(files, vroot)
+        return _from_folders(files, vroot, report)
     return _from_lists(files, vroot, lists, source.cfg.split, report)
 
 
-def _from_folders(files: dict[str, Path], vroot: Path) -> Found:
+def _from_folders(files: dict[str, Path], vroot: Path, report: ScanReport) -> Found:
     """Every video in a class folder; the folder names the class."""
     cands = [
         _candidate(path, vroot, path.parent.name)
         for key_lower, path in files.items()
         if "/" in key_lower
     ]
-    return Found(cands, canonicalise(cands))
+    return Found(cands, canonicalise(cands, report))
 
 
 def _from_lists(
