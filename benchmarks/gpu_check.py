@@ -380,6 +380,12 @@ def loading(
             rates[n] = loader_rate(ds, args.loader_batch, n, args.loader_seconds, device)
             print(f"  {n:2d} workers: {rates[n]:7.1f} clips/s"
                   f"{f' ({rates[n] / demand:.2f}x the step)' if demand else ''}")  # fmt: skip
+    best = max(rates.values(), default=0.0)
+    if demand:
+        enough = min((n for n, r in rates.items() if r >= demand), default=None)
+        print(f"  the step needs {demand:.0f} clips/s: "
+              + (f"{enough} workers keep up" if enough else
+                 f"no worker count measured keeps up (best {best:.0f} clips/s)"))  # fmt: skip
     return {"clips": len(ds), "cache_mb_per_clip": size / len(ds) / 1e6, "prepare_s": prepared,
             "clips_per_s": rates, "step_demand": demand}  # fmt: skip
 
@@ -410,7 +416,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.cpu_workers = cores
     if args.tiny:  # seconds on a CPU: small matmuls, few steps, short loader runs
         args.peak_n = min(args.peak_n, 512)
-        args.max_batch, args.warmup, args.steps = min(args.max_batch, 4), 1, 2
+        args.max_batch, args.warmup, args.steps = min(args.max_batch, 2), 1, 2
         args.loader_batch, args.loader_seconds = 4, min(args.loader_seconds, 0.5)
     return args
 
