@@ -9,8 +9,8 @@ Sections, each under the line of the machine it ran on (CPU model, cores, torch'
 bf16 native or not, torch threads, load average):
 
 ``model``   the training step (forward + backward, batch 1, paper setting) of every fusion
-            regime in fp32 (and bf16 where the CPU does it natively), against late fusion and
-            against this CPU's measured matmul peak (this file);
+            regime in fp32 (MBT and late fusion also in bf16 where the CPU does it natively),
+            against late fusion and against this CPU's measured matmul peak (this file);
 ``decode``  raw decoding vs bare PyAV vs a naive port: ``benchmarks/decode.py``;
 ``cache``   the prepared cache: ms/item, size vs source, worker scaling: ``benchmarks/cache.py``;
 ``gpu``     ``benchmarks/gpu_check.py`` where CUDA is present; otherwise the numbers already in
@@ -78,6 +78,9 @@ REGIMES = {
     "vanilla, Lf=0": {"fusion": "vanilla", "fusion_layer": 0},
     "shared, Lf=0": {"fusion": "shared", "fusion_layer": 0},
 }
+# bf16 (where native) for MBT against late fusion: the regimes' relative costs are the fp32
+# rows'; all five again would add ~3 minutes to the 15-minute budget on 2 cores.
+BF16_REGIMES = ("bottleneck, Lf=8 (MBT)", "late fusion")
 QUICK_MODEL = {  # --quick: the demo's tiny model
     "width": 64, "depth": 4, "num_heads": 4, "image_size": 32, "patch_size": 8, "num_frames": 4,
     "audio_frames": 128, "mel_bins": 64, "fusion_layer": 2,
@@ -128,7 +131,7 @@ def model_rows(quick: bool, repeats: int) -> tuple[list[list[str]], dict[str, fl
     flops = {name: count_training_flops(regime_config(base, name)) for name in REGIMES}
     seconds = {}
     for p in precisions:
-        for name in REGIMES:
+        for name in REGIMES if p == "fp32" else BF16_REGIMES:
             seconds[name, p] = step_seconds(regime_config(base, name), p, repeats)
             print(f"  {name:24s} {p}: {seconds[name, p]:.3f} s/step", flush=True)
     table = []

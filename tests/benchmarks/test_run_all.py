@@ -10,6 +10,8 @@ import pytest
 import run_all
 import torch
 
+from mbt.training.precision import cpu_bf16
+
 ABLATIONS = "## Fusion ablations\n\nWritten by benchmarks/ablation.py: | a | b |\n"
 
 
@@ -99,6 +101,8 @@ def test_quick_run_writes_the_model_table(tmp_path):
     assert [r.split(" | ")[0][2:] for r in rows] == list(run_all.REGIMES)
     late = next(r for r in rows if r.startswith("| late fusion"))
     assert late.split(" | ")[4] == "1.000"  # the reference of the "vs late fusion" column
+    bf16 = [line.split(" | ")[0][2:] for line in model.splitlines() if " | bf16 | " in line]
+    assert bf16 == (list(run_all.BF16_REGIMES) if cpu_bf16().native else [])
     assert "Skipped by --quick" in text
 
 
