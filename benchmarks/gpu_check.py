@@ -22,7 +22,8 @@ What it does, in order:
 4. **The loader.** A few UCF101-sized clips (320x240, 25 fps, ~7 s, H.264 + AAC, a wav beside:
    ``write_clip`` of ``benchmarks/decode.py``) are prepared with ``mbt prepare``, then read by
    DataLoaders with N workers (training items, random order, copied to the GPU); clips/s beside
-   the step's demand.
+   the step's demand. The few clips repeat, so the cache sits in the page cache: this is the
+   CPU cost of reading and transforming items, not the disk's or the network's.
 
 Exits with a message (status 2) when ``--device cuda`` and no CUDA device is present.
 ``main(argv)`` returns the numbers as a dict (``benchmarks/run_all.py`` puts them in
