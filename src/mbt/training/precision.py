@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RESOLVED = ("fp32", "bf16", "fp16")
 # CPU features that make bf16 matmuls native: x86 AVX512-BF16 (Cooper Lake, Zen 4+) and AMX
 # (Sapphire Rapids+); Arm's BF16 extension (Graviton 3, Neoverse V1/N2+) and SVE-BF16.
 BF16_FEATURES = frozenset({"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})
