@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config(args.config, ["model.init=", "model.audio_init=", *args.overrides])
-    precision = cfg.train.precision
+    # auto is bf16 on the GPUs this sizes for (Ampere and later); fp32 / bf16 / fp16 as set.
+    precision = "bf16" if cfg.train.precision == "auto" else cfg.train.precision
     torch.manual_seed(0)
     model = MBT(cfg.model)
     params = sum(p.numel() for p in model.parameters())

@@ -34,6 +34,7 @@ def test_train_evaluate_predict(demo_root, tmp_path, capsys):
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev["results"]) == {"av", "audio_only", "video_only", "av_fusion_off"}
     assert ev["views"] == {"clips": 2, "crops": 1} and ev["epoch"] == 2
+    assert ev["precision"] == "fp32"  # the run's train.precision (configs/demo.yaml pins it)
     assert 0.0 <= ev["results"]["av"]["top1"] <= 1.0 and (run / "confusion.png").is_file()
 
     video = sorted((demo_root / "video").rglob("*.mp4"))[0]
@@ -42,6 +43,8 @@ def test_train_evaluate_predict(demo_root, tmp_path, capsys):
     assert len(pred["predictions"]) == 3 and pred["modalities"] == ["video", "audio"]
     probs = [p["probability"] for p in pred["predictions"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+    assert main(["predict", str(run), str(video), "--json", "--precision", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "bf16"  # the flag wins
 
     # A video without a sound track is classified from the picture alone, and says so.
     silent = tmp_path / "silent.mp4"

@@ -13,6 +13,8 @@ from mbt.cli import main
 from mbt.data.demo import CLASSES
 from mbt.model import MBT
 from mbt.model.hub import load_model
+from mbt.training.distributed import pick_device
+from mbt.training.precision import resolve_precision
 
 # configs/demo.yaml shrunk to a 1-epoch, 2-layer CPU run (a few seconds).
 TINY = [
@@ -48,9 +50,14 @@ def test_run_dir_checkpoint_dir_and_weights_file_agree(run, clip, tmp_path, caps
     best = run / "checkpoints" / "best"
     assert _predict(capsys, best, clip) == want
     assert _predict(capsys, best / "model.safetensors", clip) == want
-    # A checkpoint folder alone: names and the data config (2 test views) from its config.json.
+    assert want["precision"] == "fp32"  # the run's train.precision (configs/demo.yaml)
+    # A checkpoint folder alone: names and the data config (2 test views) from its config.json;
+    # without its run it has no train.precision (auto: bf16 on a CPU with native bf16).
     alone = shutil.copytree(best, tmp_path / "alone")
-    assert _predict(capsys, alone, clip) == want
+    assert _predict(capsys, alone, clip)["precision"] == resolve_precision(
+        "auto", pick_device("auto")
+    )
+    assert _predict(capsys, alone, clip, "--precision", "fp32") == want
 
 
 def test_save_pretrained_folder(run, clip, tmp_path, capsys):
@@ -60,7 +67,7 @@ def test_save_pretrained_folder(run, clip, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [
         "config.json", "model.safetensors",
     ]  # fmt: skip
-    assert _predict(capsys, tmp_path / "shared", clip) == want
+    assert _predict(capsys, tmp_path / "shared", clip, "--precision", "fp32") == want
 
     # Without a data config the defaults apply (4 test views); the names still travel.
     MBT.from_pretrained(run).save_pretrained(tmp_path / "plain")

@@ -29,6 +29,7 @@ from mbt.demo import run_demo
 from mbt.predict import format_prediction, predict
 from mbt.training.evaluate import evaluate_run, format_report
 from mbt.training.loop import NonFiniteLossError, load_run_config, train
+from mbt.training.precision import PRECISIONS
 
 # Modules that contribute subcommands through ``register(sub)``, in help order.
 COMMAND_MODULES: tuple[str, ...] = ("mbt.cli", "mbt.commands_model")
@@ -85,6 +86,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision", choices=list(PRECISIONS), default=None,
+        help="autocast precision (default: the run's train.precision, resolved for this "
+        "machine; auto for a model folder without its run)",
+    )  # fmt: skip
+
+
 def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="evaluate a run (multi-view, per modality)",
@@ -96,13 +105,14 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
     p.add_argument("--device", default="auto")
+    _add_precision(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(
         args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint,
-        batch_size=args.batch_size, device=args.device,
+        batch_size=args.batch_size, device=args.device, precision=args.precision,
     )  # fmt: skip
     print(format_report(result))
     return 0
@@ -119,6 +129,7 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto")
+    _add_precision(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 
@@ -126,7 +137,7 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     result = predict(
         args.source, args.video, audio=args.audio, top_k=args.top_k,
-        checkpoint=args.checkpoint, device=args.device,
+        checkpoint=args.checkpoint, device=args.device, precision=args.precision,
     )  # fmt: skip
     print(json.dumps(result, indent=1) if args.json else format_prediction(result))
     return 0

@@ -245,7 +245,9 @@ class TrainConfig:
     modality_dropout: float = 0.0  # fraction of training clips that lose one modality
     early_stopping: int = 5  # patience in epochs on the validation metric; 0 = off
     metric: Literal["auto", "accuracy", "map"] = "auto"  # auto: mAP if multi-label else accuracy
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # autocast: auto = bf16 where the device does it natively (GPUs from Ampere on, CPUs with
+    # AVX512-BF16 / AMX / Arm BF16), else fp32; fp16 (CUDA only) is never picked by auto.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_accum: int = 1
     compile: bool = False
     seed: int = 0
@@ -268,7 +270,7 @@ class TrainConfig:
         _check(0.0 <= self.modality_dropout <= 1.0, "train.modality_dropout", "must be in [0, 1]")
         _check(self.early_stopping >= 0, "train.early_stopping", "must be >= 0")
         _check_choice(self.metric, "train.metric", ("auto", "accuracy", "map"))
-        _check_choice(self.precision, "train.precision", ("fp32", "bf16", "fp16"))
+        _check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.threads >= 0, "train.threads", "must be >= 0")
 

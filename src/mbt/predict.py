@@ -19,6 +19,8 @@ import torch
 from mbt.data.clip import clip_inputs_from_file
 from mbt.model.hub import load_model
 from mbt.training.distributed import pick_device
+from mbt.training.engine import autocast
+from mbt.training.precision import inference_precision
 
 
 def predict(
@@ -28,6 +30,7 @@ def predict(
     top_k: int = 5,
     checkpoint: str = "best",
     device: str = "auto",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Ranked class probabilities for one clip.
 
@@ -40,10 +43,13 @@ def predict(
         top_k: how many labels to return.
         checkpoint: ``best`` or ``last`` when ``source`` is a run directory.
         device: ``auto``, ``cpu``, ``cuda`` ...
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; default: the run's
+            ``train.precision`` resolved for this machine (``auto`` for a model folder without
+            its run), see :func:`mbt.training.precision.inference_precision`.
 
     Returns:
-        ``{"video", "audio", "modalities" (used), "views", "note", "predictions": [{"label",
-        "probability"}, ...]}``; probabilities are softmax (single-label) or sigmoid
+        ``{"video", "audio", "modalities" (used), "views", "precision" (resolved), "note",
+        "predictions": [{"label", "probability"}, ...]}``; probabilities are softmax (single-label) or sigmoid
         (multi-label) of the view-averaged logits. A model without class names labels its
         outputs by index (``"0"``, ``"1"`` ...).
 
@@ -61,13 +67,16 @@ def predict(
         video, audio, model_cfg, data_cfg, views=data_cfg.test_clips, crops=data_cfg.test_crops
     )  # video (V, T, 3, S, S), audio (V, T_a, F); None for a stream that does not run
     inputs = {m: clip[m].to(dev) for m in ("video", "audio") if clip[m] is not None}
-    with torch.no_grad():
+    setting = loaded.run_config.train.precision if loaded.run_config else "auto"
+    prec = inference_precision(setting, precision, dev)
+    with torch.no_grad(), autocast(dev, prec):
         logits = loaded.model(**inputs)  # (V, C)
     return {
         "video": str(video),
         "audio": str(audio) if audio else ("own track" if clip["has_audio"] else None),
         "modalities": list(inputs),
         "views": data_cfg.test_clips * data_cfg.test_crops,
+        "precision": prec,
         "note": _note(audio, clip["has_audio"], model_cfg.modalities),
         "predictions": _rank(logits.float().mean(0), classes, top_k, data_cfg.multi_label),
     }

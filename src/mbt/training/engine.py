@@ -45,7 +45,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast (CPU and GPU), fp16 autocast (GPU), or nothing for fp32."""
+    """bf16 autocast (CPU and GPU), fp16 autocast (GPU), or nothing for fp32.
+
+    ``precision`` is resolved for the machine (:func:`mbt.training.precision.resolve_precision`),
+    never ``auto``.
+    """
+    assert precision in ("fp32", "bf16", "fp16"), f"unresolved precision {precision!r}"
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -146,6 +151,7 @@ class Engine:
     scaler: torch.amp.GradScaler
     info: dist.DistInfo
     multi_label: bool
+    precision: str = "fp32"  # train.precision resolved for this machine (never "auto")
     step: int = 0  # optimizer steps taken
 
 
@@ -228,7 +234,7 @@ def train_step(
     tc = engine.cfg.train
     inputs, targets = _augmented(engine, batch, generator)
     with contextlib.nullcontext() if sync else engine.net.no_sync():
-        with autocast(engine.info.device, tc.precision):
+        with autocast(engine.info.device, engine.precision):
             per = engine.net(**inputs, per_modality=True)
         loss = training_loss(per, targets, engine.multi_label, tc.per_modality_loss)
         _check_finite(loss, epoch, engine.step)
@@ -453,7 +459,7 @@ def _gather_in_order(
 def validate(engine: Engine, loader: DataLoader, epoch: int) -> dict[str, float]:
     """Validation loss (no smoothing, no mixup) and metric on the whole val split."""
     logits, labels, _ = collect_logits(
-        engine.model, loader, engine.info.device, engine.cfg.train.precision,
+        engine.model, loader, engine.info.device, engine.precision,
         desc=f"val {epoch + 1}", show=engine.info.is_main,
     )  # fmt: skip
     scores = logits["fusion"]

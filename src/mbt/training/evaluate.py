@@ -24,6 +24,7 @@ from mbt.training.distributed import pick_device
 from mbt.training.engine import collect_logits
 from mbt.training.loop import make_loader, metric_name, open_split, scan_data
 from mbt.training.metrics import classification_metrics, confusion_matrix, plot_confusion
+from mbt.training.precision import inference_precision
 
 # name -> forward arguments; "av" is the model as trained.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -48,6 +49,7 @@ def evaluate_run(
     batch_size: int | None = None,
     device: str = "auto",
     write: bool = True,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Multi-view evaluation of a model on one split; writes ``eval.json`` and
     ``confusion.png`` into the run directory (``eval_test.json`` ... for the test split).
@@ -62,6 +64,9 @@ def evaluate_run(
         batch_size: clips per batch (each clip is ``test_clips * test_crops`` views).
         device: ``auto``, ``cpu``, ``cuda`` ...
         write: write the JSON and the confusion image.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; default: the run's
+            ``train.precision`` resolved for this machine (``auto`` for a model folder without
+            its run), see :func:`mbt.training.precision.inference_precision`.
 
     Returns:
         ``{"split", "checkpoint", "epoch", "num_clips", "views", "metric", "results":
@@ -78,9 +83,10 @@ def evaluate_run(
     ds, classes = _open_eval_split(cfg, split, loaded.class_names)
     loader = make_loader(ds, batch_size or cfg.train.batch_size, None, cfg.data.num_workers, dev)
     variants = VARIANTS if len(cfg.model.modalities) == 2 else {"av": {}}
+    prec = inference_precision(cfg.train.precision, precision, dev)
     start = time.perf_counter()
     logits, labels, _ = collect_logits(
-        loaded.model, loader, dev, cfg.train.precision, variants, desc=f"evaluate {split}"
+        loaded.model, loader, dev, prec, variants, desc=f"evaluate {split}"
     )
     out = {
         "run_dir": str(run_dir),
@@ -89,6 +95,7 @@ def evaluate_run(
         "epoch": _epoch_of(loaded.folder),
         "num_clips": int(labels.shape[0]),
         "views": {"clips": cfg.data.test_clips, "crops": cfg.data.test_crops},
+        "precision": prec,
         "modalities": list(cfg.model.modalities),
         "metric": metric_name(cfg, cfg.data.multi_label).removeprefix("val_"),
         "multi_label": cfg.data.multi_label,

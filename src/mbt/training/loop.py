@@ -64,6 +64,7 @@ from mbt.training.engine import (
     validate,
 )
 from mbt.training.optim import build_optimizer, build_scheduler
+from mbt.training.precision import describe, resolve_precision
 
 # The seed's columns first (epoch, train_loss, val_loss, train_acc, val_acc), then ours.
 LOG_FIELDS = (
@@ -232,8 +233,9 @@ def build_engine(
         net = torch.compile(net)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(data, tc))
-    scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "fp16")
-    return Engine(cfg, model, net, optimizer, scheduler, scaler, info, data.multi_label)
+    precision = resolve_precision(tc.precision, info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
+    return Engine(cfg, model, net, optimizer, scheduler, scaler, info, data.multi_label, precision)
 
 
 def steps_per_epoch(data: RunData, tc: TrainConfig) -> int:
@@ -431,8 +433,7 @@ def _train(
     cfg: RunConfig, data: str | Path | None, run: RunDir, resume: bool, info: dist.DistInfo
 ) -> dict[str, Any]:
     """:func:`train` inside the process group: the run's steps, in order."""
-    if cfg.train.precision == "fp16" and info.device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+    resolve_precision(cfg.train.precision, info.device)  # fp16 on a CPU: an error before the data
     resume_dir = check_run_dir(run, resume)
     weights = None if resume else load_init_weights(cfg.model)  # resumed: from the checkpoint
     cfg, splits = setup_data(cfg, data, info)
@@ -504,6 +505,7 @@ def write_run_files(run: RunDir, engine: Engine, data: RunData) -> None:
     print(
         f"model: {n_params / 1e6:.2f}M parameters, modalities {list(cfg.model.modalities)}, "
         f"{len(data.classes)} classes | device {info.device} x{info.world_size} | "
+        f"precision {describe(tc.precision, engine.precision, info.device)} | "
         f"effective batch {eff} | {steps_per_epoch(data, tc)} steps/epoch | run dir {run.root}"
     )
 
