@@ -22,6 +22,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from mbt.files import write_atomic
+
 MODALITIES = ("video", "audio")
 FUSIONS = ("bottleneck", "vanilla", "shared", "late")
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -464,7 +466,8 @@ def load_config(
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML, atomically (a kill leaves the old file or the new one)."""
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

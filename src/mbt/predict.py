@@ -63,6 +63,11 @@ def predict(
     inputs = {m: clip[m].to(dev) for m in ("video", "audio") if clip[m] is not None}
     with torch.no_grad():
         logits = loaded.model(**inputs)  # (V, C)
+    if not torch.isfinite(logits).all():  # damaged or diverged weights: not a prediction
+        raise ValueError(
+            f"{loaded.folder}: the model gives non-finite scores (NaN or inf) for {video}; "
+            "its weights are damaged or diverged"
+        )
     return {
         "video": str(video),
         "audio": str(audio) if audio else ("own track" if clip["has_audio"] else None),
