@@ -2,8 +2,9 @@
 
 The CLI only parses arguments and dispatches into importable functions (``mbt.training.loop.
 train``, ``mbt.training.evaluate.evaluate_run``, ``mbt.predict.predict`` ...). User errors
-(bad config, missing file, unreadable media) print ``mbt: error: <message>`` on one line and
-exit with status 2; ``--debug`` (before or after the command name) shows the traceback instead.
+(bad config, missing file, unreadable media, a full disk) print ``mbt: error: <message>`` on
+one line and exit with status 2; ``--debug`` (before or after the command name) shows the
+traceback instead. ``key.sub=value`` overrides may come anywhere after the command name.
 
 Adding a command: in your module write ``register(sub)``, which adds the command with
 ``sub.add_parser(name, ...)`` and ``set_defaults(func=handler)`` (``handler(args) -> int |
@@ -26,6 +27,7 @@ from mbt.data.cache import prepare
 from mbt.data.demo import make_demo_data
 from mbt.data.video import MediaError
 from mbt.demo import run_demo
+from mbt.files import DiskFullError
 from mbt.predict import format_prediction, predict
 from mbt.training.evaluate import evaluate_run, format_report
 from mbt.training.loop import NonFiniteLossError, load_run_config, train
@@ -33,13 +35,14 @@ from mbt.training.loop import NonFiniteLossError, load_run_config, train
 # Modules that contribute subcommands through ``register(sub)``, in help order.
 COMMAND_MODULES: tuple[str, ...] = ("mbt.cli", "mbt.commands_model")
 
-# Errors a user causes (bad config, missing file, unreadable media): one line, status 2.
-# MediaError subclasses ValueError today; listed in case that changes.
+# Errors a user causes or can fix (bad config, missing file, unreadable media, a full disk):
+# one line, status 2. MediaError subclasses ValueError today; listed in case that changes.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
     NotADirectoryError,
     MediaError,
+    DiskFullError,
 )
 
 OVERRIDES = dict(nargs="*", metavar="key.sub=value", help="config overrides, applied last")
