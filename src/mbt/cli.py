@@ -165,6 +165,10 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="config whose model/data settings fix the tensor sizes")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per clip before skipping")
+    p.add_argument(
+        "--retry-failed", action="store_true",
+        help="decode again the files that failed in an earlier run (e.g. a too short --timeout)",
+    )  # fmt: skip
     p.add_argument("overrides", **OVERRIDES)
     p.set_defaults(func=_cmd_prepare)
 
@@ -172,7 +176,10 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     data = open_data_path(args.data, into=args.out)  # a .zip is unpacked inside the cache folder
-    prepare(data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout)
+    prepare(
+        data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout,
+        retry_failed=args.retry_failed,
+    )  # fmt: skip
     return 0
 
 
@@ -226,9 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with ``key=value`` overrides accepted anywhere after the command.
+
+    argparse fills a ``nargs="*"`` positional at its first chance (empty, when an option comes
+    next), so ``prepare DATA --out X key=val`` would leave ``key=val`` unrecognised; for a
+    command that takes overrides, such leftovers join them, in command-line order.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(_is_override(a) for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _is_override(text: str) -> bool:
+    return "=" in text and not text.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mbt`` script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
