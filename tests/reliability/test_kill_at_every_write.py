@@ -16,15 +16,19 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from mbt.config import RunConfig
 from mbt.data.cache import prepare
 from mbt.training import loop
 from mbt.training.checkpoint import load_state
-from tests.training.conftest import demo_cache, tiny_config  # noqa: F401 (a fixture)
+from tests.training.conftest import demo_cache as demo_cache  # a fixture
+from tests.training.conftest import tiny_config
 
 IGNORED_LOG_COLUMNS = ("time", "clips_per_s")  # wall-clock measurements, never equal
 
@@ -111,44 +115,58 @@ def _run_outcome(run: Path) -> dict:
     }
 
 
-def _check_run(cfg, run: Path, want: dict) -> list[str]:
-    """Finish the killed run ``run``; what differs from the uninterrupted outcome ``want``."""
-    summary = _resume_or_restart(cfg, run)
-    got = _run_outcome(run)
-    bad = []
-    for key, value in want.items():
-        same = _same_tensors(got[key], value) if key in ("last", "best") else got[key] == value
-        if not same:
-            bad.append(f"{key} weights" if key in ("last", "best") else f"{key}: {got[key]}")
-    if summary["best_epoch"] != want["best_epoch"]:
-        bad.append(f"the run reports best epoch {summary['best_epoch']}")
-    return bad
+# Every write of a 2-epoch run whose both epochs improve, in order ("|" stands for "/").
+RUN_WRITES = (
+    "before config.yaml", "before classes.json",
+    # epoch 1
+    "before checkpoints|last", "after checkpoints|last",
+    "before checkpoints|best", "after checkpoints|best",
+    "before plot.png", "before training_log.csv",
+    # epoch 2: the old checkpoint is renamed aside, the new one renamed in, the old removed
+    "after checkpoints|.last.old", "before checkpoints|last", "after checkpoints|last",
+    "after checkpoints|.best.old", "before checkpoints|best", "after checkpoints|best",
+    "before plot.png", "before training_log.csv",
+)  # fmt: skip
 
 
-def test_a_run_killed_at_any_write_resumes_to_the_same_end(demo_cache, tmp_path, monkeypatch):  # noqa: F811
+@dataclass
+class Killed:
+    """An uninterrupted run, the copies of its folder at every write, and its outcome."""
+
+    cfg: RunConfig
+    points: list[Path]
+    outcome: dict
+
+
+@pytest.fixture(scope="module")
+def killed_run(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Killed:
+    tmp = tmp_path_factory.mktemp("killed-run")
     cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2")
-    run = tmp_path / "run"
-    snaps = Snapshots(run, tmp_path / "kills")
-    with monkeypatch.context() as m:
+    snaps = Snapshots(tmp / "run", tmp / "kills")
+    with pytest.MonkeyPatch.context() as m:
         m.setattr(os, "replace", snaps.hook(os.replace))
-        straight = loop.train(cfg, None, run)
+        straight = loop.train(cfg, None, tmp / "run")
     # Epoch 2 improves, so a kill between writing last and best is among the points.
     assert straight["best_epoch"] == 2
-    want = _run_outcome(run)
-    points = snaps.points()
-    labels = [p.name.split(" ", 1)[1] for p in points]
-    for name in ("config.yaml", "classes.json", "training_log.csv", "plot.png"):
-        assert f"before {name}" in labels, name
-    assert labels.count("after checkpoints|best") == 2  # best written at both epochs
-    failures = []
-    for point in points:
-        try:
-            bad = _check_run(cfg, point, want)
-        except Exception as e:  # the second run failed, or left a file unreadable
-            bad = [f"{type(e).__name__}: {e}"]
-        if bad:
-            failures.append(f"kill {point.name}: {'; '.join(bad)}")
-    assert not failures, "\n".join(failures)
+    return Killed(cfg, snaps.points(), _run_outcome(tmp / "run"))
+
+
+def test_the_kill_points_are_every_write_of_the_run(killed_run):
+    assert tuple(p.name.split(" ", 1)[1] for p in killed_run.points) == RUN_WRITES
+
+
+@pytest.mark.parametrize(
+    "k", range(len(RUN_WRITES)), ids=[f"{i:02d} {w}" for i, w in enumerate(RUN_WRITES)]
+)
+def test_a_run_killed_at_any_write_resumes_to_the_same_end(killed_run, k):
+    run = killed_run.points[k]
+    want = killed_run.outcome
+    summary = _resume_or_restart(killed_run.cfg, run)
+    got = _run_outcome(run)
+    for key in ("last", "best"):
+        assert _same_tensors(got.pop(key), want[key]), f"{key} weights"
+    assert got == {k: v for k, v in want.items() if k not in ("last", "best")}
+    assert summary["best_epoch"] == want["best_epoch"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,28 +192,37 @@ def _cache_outcome(cache: Path) -> dict:
     }
 
 
-def test_prepare_killed_at_any_write_runs_again_to_the_same_cache(demo_root, tmp_path, monkeypatch):
-    data = _small_data(demo_root, tmp_path / "data")
+PREPARE_WRITES = 4 * 2 + 1  # frames and log-mel of each of the 4 clips, then index.json
+
+
+@dataclass
+class KilledPrepare:
+    data: Path
+    cfg: RunConfig
+    points: list[Path]
+    outcome: dict
+
+
+@pytest.fixture(scope="module")
+def killed_prepare(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> KilledPrepare:
+    tmp = tmp_path_factory.mktemp("killed-prepare")
+    data = _small_data(demo_root, tmp / "data")
     cfg = tiny_config()
-    cache = tmp_path / "cache"
-    snaps = Snapshots(cache, tmp_path / "kills")
-    with monkeypatch.context() as m:  # the worker process is forked: it inherits the hook
+    snaps = Snapshots(tmp / "cache", tmp / "kills")
+    with pytest.MonkeyPatch.context() as m:  # the worker process is forked: it inherits this
         m.setattr(os, "replace", snaps.hook(os.replace))
-        prepare(data, cache, cfg.data, cfg.model, workers=1, progress=False)
-    want = _cache_outcome(cache)
-    points = snaps.points()
-    assert len(points) == 4 * 2 + 1  # frames and log-mel of each clip, then the index
-    failures = []
-    for point in points:
-        report = prepare(data, point, cfg.data, cfg.model, workers=1, progress=False)
-        got = _cache_outcome(point)
-        bad = [f"failed {report.failed}"] if report.failed else []
-        if got["index"] != want["index"]:
-            bad.append("index.json differs")
-        if got["files"].keys() != want["files"].keys():
-            bad.append(f"files {sorted(set(got['files']) ^ set(want['files']))} differ")
-        elif got["files"] != want["files"]:
-            bad.append("file contents differ")
-        if bad:
-            failures.append(f"kill {point.name}: {'; '.join(bad)}")
-    assert not failures, "\n".join(failures)
+        prepare(data, tmp / "cache", cfg.data, cfg.model, workers=1, progress=False)
+    return KilledPrepare(data, cfg, snaps.points(), _cache_outcome(tmp / "cache"))
+
+
+@pytest.mark.parametrize("k", range(PREPARE_WRITES))
+def test_prepare_killed_at_any_write_runs_again_to_the_same_cache(killed_prepare, k):
+    kp = killed_prepare
+    assert len(kp.points) == PREPARE_WRITES
+    cache = kp.points[k]
+    report = prepare(kp.data, cache, kp.cfg.data, kp.cfg.model, workers=1, progress=False)
+    assert report.failed == []
+    got = _cache_outcome(cache)
+    assert got["index"] == kp.outcome["index"]
+    assert sorted(got["files"]) == sorted(kp.outcome["files"])  # no temporary left
+    assert got["files"] == kp.outcome["files"]
