@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def copy_checkpoint(source: str | Path, directory: str | Path) -> Path:
     return _install(Path(directory), write)
 
 
-def _install(directory: Path, write) -> Path:
+def _install(directory: Path, write: Callable[[Path], None]) -> Path:
     """``write(tmp)`` fills a temporary folder beside ``directory``; its checksums are added,
     then it replaces ``directory`` (old folder renamed to ``.<name>.old``, removed last)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
