@@ -2,8 +2,9 @@
 
 The CLI only parses arguments and dispatches into importable functions (``mbt.training.loop.
 train``, ``mbt.training.evaluate.evaluate_run``, ``mbt.predict.predict`` ...). User errors
-(bad config, missing file, unreadable media) print ``mbt: error: <message>`` on one line and
-exit with status 2; ``--debug`` (before or after the command name) shows the traceback instead.
+(bad config, missing file, unreadable media, a full disk) print ``mbt: error: <message>`` on
+one line and exit with status 2; ``--debug`` (before or after the command name) shows the
+traceback instead. ``key.sub=value`` overrides may come anywhere after the command name.
 
 Adding a command: in your module write ``register(sub)``, which adds the command with
 ``sub.add_parser(name, ...)`` and ``set_defaults(func=handler)`` (``handler(args) -> int |
@@ -26,6 +27,7 @@ from mbt.data.cache import prepare
 from mbt.data.demo import make_demo_data
 from mbt.data.video import MediaError
 from mbt.demo import run_demo
+from mbt.files import DiskFullError
 from mbt.predict import format_prediction, predict
 from mbt.training.evaluate import evaluate_run, format_report
 from mbt.training.loop import NonFiniteLossError, load_run_config, train
@@ -34,13 +36,14 @@ from mbt.training.precision import PRECISIONS
 # Modules that contribute subcommands through ``register(sub)``, in help order.
 COMMAND_MODULES: tuple[str, ...] = ("mbt.cli", "mbt.commands_model")
 
-# Errors a user causes (bad config, missing file, unreadable media): one line, status 2.
-# MediaError subclasses ValueError today; listed in case that changes.
+# Errors a user causes or can fix (bad config, missing file, unreadable media, a full disk):
+# one line, status 2. MediaError subclasses ValueError today; listed in case that changes.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
     NotADirectoryError,
     MediaError,
+    DiskFullError,
 )
 
 OVERRIDES = dict(nargs="*", metavar="key.sub=value", help="config overrides, applied last")
@@ -173,6 +176,10 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="config whose model/data settings fix the tensor sizes")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per clip before skipping")
+    p.add_argument(
+        "--retry-failed", action="store_true",
+        help="decode again the files that failed in an earlier run (e.g. a too short --timeout)",
+    )  # fmt: skip
     p.add_argument("overrides", **OVERRIDES)
     p.set_defaults(func=_cmd_prepare)
 
@@ -180,7 +187,10 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     data = open_data_path(args.data, into=args.out)  # a .zip is unpacked inside the cache folder
-    prepare(data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout)
+    prepare(
+        data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout,
+        retry_failed=args.retry_failed,
+    )  # fmt: skip
     return 0
 
 
@@ -234,9 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with ``key=value`` overrides accepted anywhere after the command.
+
+    argparse fills a ``nargs="*"`` positional at its first chance (empty, when an option comes
+    next), so ``prepare DATA --out X key=val`` would leave ``key=val`` unrecognised; for a
+    command that takes overrides, such leftovers join them, in command-line order.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(_is_override(a) for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _is_override(text: str) -> bool:
+    return "=" in text and not text.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mbt`` script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)

@@ -14,6 +14,7 @@ cycles are errors. The config a run saves is resolved and flat (no ``base``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
+
+from mbt.files import write_atomic
 
 MODALITIES = ("video", "audio")
 FUSIONS = ("bottleneck", "vanilla", "shared", "late")
@@ -34,6 +37,17 @@ def _check(cond: bool, name: str, msg: str) -> None:
 
 def _check_choice(value: Any, name: str, choices: tuple) -> None:
     _check(value in choices, name, f"must be one of {list(choices)}, got {value!r}")
+
+
+def _check_finite(cfg: Any, section: str) -> None:
+    """Every float field (and float in a tuple field) is a finite number: ``inf`` passes a
+    ``> 0`` check (``train.lr=.inf`` would fail only at the first step) and NaN fails every
+    comparison with a misleading range message. No field here has a use for either."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{section}.{f.name}: must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class ModelConfig:
     audio_init: str = ""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "model")
         _check(self.num_classes >= 1, "model.num_classes", "must be >= 1")
         _check(len(self.modalities) >= 1, "model.modalities", "needs at least one modality")
         _check(
@@ -197,6 +212,7 @@ class DataConfig:
     num_workers: int = 2
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data")
         _check_choice(self.layout, "data.layout", ("auto", "pjzuf", "ucf101", "csv"))
         _check(1 <= self.split <= 3, "data.split", f"must be 1, 2 or 3, got {self.split}")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
@@ -256,6 +272,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads per process (torch.set_num_threads); 0 = torch's default
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train")
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check_choice(self.optimizer, "train.optimizer", ("adam", "adamw", "sgd"))
@@ -466,7 +483,8 @@ def load_config(
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML, atomically (a kill leaves the old file or the new one)."""
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure  # not pyplot: leaves the caller's backend alone
 
 from mbt.data.clip import clip_inputs_from_file
+from mbt.files import atomic_path
 from mbt.model.fusion import BottleneckFusion
 from mbt.model.hub import load_model
 
@@ -217,7 +218,8 @@ def _audio_figure(att: torch.Tensor, spectrogram: torch.Tensor | None, label: st
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic_path(path) as tmp:  # the format comes from the real name, not the temporary one
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100, bbox_inches="tight")
     return path
 
 

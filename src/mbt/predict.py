@@ -71,6 +71,11 @@ def predict(
     prec = inference_precision(setting, precision, dev)
     with torch.no_grad(), autocast(dev, prec):
         logits = loaded.model(**inputs)  # (V, C)
+    if not torch.isfinite(logits).all():  # damaged or diverged weights: not a prediction
+        raise ValueError(
+            f"{loaded.folder}: the model gives non-finite scores (NaN or inf) for {video}; "
+            "its weights are damaged or diverged"
+        )
     return {
         "video": str(video),
         "audio": str(audio) if audio else ("own track" if clip["has_audio"] else None),

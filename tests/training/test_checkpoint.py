@@ -72,6 +72,9 @@ def test_corrupt_checkpoint_files_are_value_errors(tmp_path):
     with pytest.raises(ValueError, match="unreadable checkpoint weights"):
         ckpt.load_weights(d, _model())
     (d / ckpt.STATE).write_bytes((d / ckpt.STATE).read_bytes()[:100])
+    with pytest.raises(ValueError, match="damaged checkpoint state"):  # found by its checksum
+        ckpt.load_state(d)
+    (d / ckpt.CHECKSUMS).unlink()  # as a checkpoint written before checksums
     with pytest.raises(ValueError, match="unreadable checkpoint state"):
         ckpt.load_state(d)
 
@@ -81,7 +84,8 @@ def test_a_checkpoint_is_a_model_folder_with_names_and_data(tmp_path):
     data = DataConfig(test_clips=2, audio_mean=-3.0)
     state = {"epoch": 3, "classes": ["cat", "dog"], "config": {"data": to_dict(data)}}
     d = ckpt.save_checkpoint(tmp_path / "checkpoints" / "best", model, state)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "state.pt"]
+    names = ["SHA256SUMS", "config.json", "model.safetensors", "state.pt"]
+    assert sorted(p.name for p in d.iterdir()) == names
     card = json.loads((d / ckpt.CONFIG).read_text())
     assert card["class_names"] == ["cat", "dog"] and card["data"]["audio_mean"] == -3.0
     loaded = load_model(d)  # alone: no run directory around it

@@ -108,6 +108,7 @@ def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_p
     state = load_state(last)
     del state["history"], state["metric_nan"]
     torch.save(state, last / "state.pt")
+    (last / "SHA256SUMS").unlink()  # nor checksums
     cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2")
     assert loop.train(cfg, None, run, resume=True)["epochs_run"] == 2
     rows = (run / "training_log.csv").read_text().splitlines()[1:]

@@ -27,7 +27,6 @@ import io
 import json
 import math
 import multiprocessing as mp
-import os
 import re
 import struct
 import time
@@ -48,11 +47,13 @@ from mbt.data.clip import resolve_short_side
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import Clip, DataIndex, scan
 from mbt.data.video import MediaError, probe_video, read_frames
+from mbt.files import DiskFullError, remove_temporaries, write_atomic
 from mbt.progress import progress_bar
 
 CACHE_VERSION = 1
 JPEG_MAGIC = b"MBTJPG1\0"  # then uint32 count, (count + 1) int64 offsets, the JPEG bytes
 INDEX_FLUSH_S = 30.0  # rewrite index.json at least this often during a long run
+FULL = "the cache is intact; free space and run mbt prepare again to go on"  # disk-full message
 # What decode_clip writes into a clip's index entry (and a later run keeps when it reuses it).
 DECODED_FIELDS = ("has_audio", "duration", "source_fps", "fps", "num_frames", "frames", "fbank")
 
@@ -132,12 +133,12 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _write_atomic(path: str | Path, data: bytes) -> str:
-    """Write ``data`` to a temporary file beside ``path`` and rename; returns the file name."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path.name
+    """Write ``data`` to a temporary file beside ``path`` and rename; returns the file name.
+
+    Raises:
+        DiskFullError: no space left (one line; the temporary file is removed).
+    """
+    return write_atomic(path, data, FULL).name
 
 
 def _encode_jpegs(frames: np.ndarray, quality: int) -> bytes:
@@ -343,6 +344,8 @@ def prepare(
     if progress:
         print(index.report.format())
     (out / "clips").mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "clips"):  # what a run killed mid-write left
+        remove_temporaries(folder, dead_only=True)
     report = PrepareReport(out=str(out), scan=index.report.format())
     cache = _IndexFile(out, settings, index)
     jobs = cache.plan(retry_failed, report)
@@ -369,6 +372,9 @@ def _decode_all(
     bar = progress_bar(total=len(jobs), desc="prepare", unit="clip", disable=not progress)
 
     def on_done(job: _Job, status: str, value: Any) -> None:
+        if status == "error" and value.startswith(f"{DiskFullError.__name__}: "):
+            # No fault of the clip: stop, rather than file a failure a re-run would not retry.
+            raise DiskFullError(job.frames_path, message=value.split(": ", 1)[1])
         cache.record(job.key, status, value)
         report.processed += status == "ok"
         bar.update(1)
@@ -379,6 +385,7 @@ def _decode_all(
             run_jobs(jobs, decode, on_done, workers=workers, timeout=timeout)
     finally:
         bar.close()
+        remove_temporaries(cache.out / "clips", dead_only=True)  # of workers killed mid-write
         cache.write()
 
 

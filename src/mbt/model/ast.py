@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mbt.config import DataConfig, ModelConfig
+from mbt.model.hub import torch_load
 from mbt.model.mbt import MBT
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -132,7 +133,7 @@ def _from_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    sd = torch_load(path)  # never unpickles code
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

@@ -9,6 +9,8 @@ it, by every training checkpoint) holds::
                         weights) and "info" (e.g. conversion provenance)
     model.safetensors   the weights (a plain state dict; loading never unpickles anything)
     state.pt            training checkpoints only: optimizer, scheduler, RNG, epoch, ...
+    SHA256SUMS          training checkpoints only: the checksums of the three files above
+                        (``sha256sum -c SHA256SUMS`` checks them by hand)
 
 :func:`load_model` is the one way in. It reads
 
@@ -21,6 +23,11 @@ it, by every training checkpoint) holds::
     a weights file        model.safetensors inside any of those
     a Hub id              org/name, through huggingface_hub (its cache and HF_HUB_OFFLINE apply)
 
+A folder with ``SHA256SUMS`` is checked before it is used: damaged weights or config (flipped
+bytes, a truncated copy) are never loaded. The ``.<name>.old`` copy is used instead, with a
+warning, when there is one; otherwise the error names the damaged file. A damaged ``state.pt``
+does not stop a model from loading (only training reads it).
+
 This module is part of the model layer: the training side (``mbt.training.checkpoint``) imports
 the file names, the folder resolution and the writer from here, never the reverse.
 """
@@ -28,6 +35,9 @@ the file names, the folder resolution and the writer from here, never the revers
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mbt.config import DataConfig, ModelConfig, RunConfig, from_dict, load_config, replace, to_dict
+from mbt.files import SUMS, atomic_path, damaged_files, write_atomic
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -47,6 +58,7 @@ STATE = "state.pt"  # training checkpoints only
 RUN_CONFIG = "config.yaml"  # a run directory's resolved RunConfig
 RUN_CLASSES = "classes.json"  # a run directory's class names (a JSON list)
 MODEL_TYPE = "mbt"  # marks our config.json among other Hub formats
+CHECKSUMS = SUMS  # training checkpoints only: sha256 of config, weights and state
 _META_KEYS = ("model_type", "class_names", "data", "info")
 
 M = TypeVar("M", bound="HubMixin")
@@ -124,17 +136,22 @@ def write_pretrained(
     data: DataConfig | None = None,
     info: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``config.json`` and ``model.safetensors`` of ``model`` (which has a ``cfg``).
+    """Write ``config.json`` and ``model.safetensors`` of ``model`` (which has a ``cfg``), each
+    atomically (a temporary name, fsync, rename).
 
     Returns:
-        The two written files (the training checkpoint fsyncs them).
+        The two written files.
+
+    Raises:
+        DiskFullError: no space left; the files that were there before are intact.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     config = config_to_json(model.cfg, class_names, info, data)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(out / WEIGHTS), metadata={"format": "pt"})
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt"})
+    write_atomic(out / CONFIG, json.dumps(config, indent=2) + "\n")
     return [out / WEIGHTS, out / CONFIG]
 
 
@@ -146,26 +163,40 @@ def resolve_folder(path: str | Path, which: str = "best") -> Path:
     """The folder holding ``model.safetensors``: from a run dir, a model / checkpoint folder,
     or the weights file itself.
 
-    A run directory gives ``checkpoints/<which>``. When a folder is missing but the
-    ``.<name>.old`` beside it holds weights (a save interrupted between its two renames), that
-    one is used.
+    A run directory gives ``checkpoints/<which>``. When a folder is missing, or damaged (its
+    weights or config differ from its ``SHA256SUMS``), but the ``.<name>.old`` beside it holds
+    intact weights (a save interrupted between its two renames), that one is used, with a
+    warning for a damaged folder.
 
     Raises:
         FileNotFoundError: nothing usable there.
+        ValueError: the folder is damaged and there is no intact copy.
     """
     p = Path(path).expanduser()
     if p.is_file() and p.name == WEIGHTS:
         p = p.parent
     for c in (p, p / "checkpoints" / which):
-        if (c / WEIGHTS).is_file():
-            return c
-        old = c.parent / f".{c.name}.old"
-        if (old / WEIGHTS).is_file():
-            return old
+        copies = [d for d in (c, c.parent / f".{c.name}.old") if (d / WEIGHTS).is_file()]
+        if copies:
+            return _first_intact(copies)
     raise FileNotFoundError(
         f"{path}: neither a model directory ({CONFIG} + {WEIGHTS}) nor a run directory "
         f"({RUN_CONFIG} + checkpoints/{which}/{WEIGHTS})"
     )
+
+
+def _first_intact(copies: list[Path]) -> Path:
+    """The first folder whose weights and config match its checksums (a folder without
+    checksums counts as intact); a damaged one is passed over with a warning on stderr."""
+    problems = []
+    for folder in copies:
+        bad = damaged_files(folder, (WEIGHTS, CONFIG))
+        if not bad:
+            if problems:
+                print(f"warning: {problems[0]}; using the previous copy {folder}", file=sys.stderr)
+            return folder
+        problems.append(f"{folder}: damaged checkpoint ({', '.join(bad)} differs from {SUMS})")
+    raise ValueError(f"{problems[0]}; there is no intact copy to fall back to")
 
 
 def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
@@ -195,15 +226,47 @@ def read_state(folder: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no ``state.pt``.
-        ValueError: a truncated or corrupt file.
+        ValueError: a truncated, corrupt or untrusted file, or one that differs from the
+            folder's ``SHA256SUMS``.
     """
     path = Path(folder) / STATE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint state file missing")
+    if damaged_files(folder, (STATE,)):
+        raise ValueError(f"{path}: damaged checkpoint state (it differs from {SUMS})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     except Exception as e:  # truncated / corrupt: RuntimeError, EOFError, struct.error ...
         raise ValueError(f"{path}: unreadable checkpoint state ({e})") from e
+
+
+_GLOBAL = re.compile(r"GLOBAL (\S+)")  # the object torch's weights-only unpickler refused
+
+
+def torch_load(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only.
+
+    A file that needs any other Python object is refused with a ValueError saying it is not a
+    trusted checkpoint (PyTorch's own message advises ``weights_only=False``, which would run
+    whatever code the file names: the wrong advice for a file of unknown origin). The message
+    does not name the file: callers add it.
+
+    Raises:
+        ValueError: the file needs Python objects (or is not a pickle at all).
+        RuntimeError, OSError, EOFError: truncated or unreadable (torch's own errors).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _GLOBAL.search(str(e))
+        why = (
+            f"it asks to load the Python object {found[1]}"
+            if found
+            else "it holds more than tensors and plain containers, or is damaged"
+        )
+        raise ValueError(f"not a trusted checkpoint: {why}; refused") from None
 
 
 def _read_classes(path: Path) -> list[str] | None:

@@ -13,7 +13,6 @@ restored. Every copied tensor is shape-checked; a mismatch is a ``ValueError`` n
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from mbt.config import ModelConfig
 from mbt.model.fusion import ORDER
+from mbt.model.hub import torch_load
 
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
 
@@ -105,13 +105,13 @@ def load_vit_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
             elif suffix == ".npz":
                 return _from_npz(path)
             elif suffix in _TORCH_SUFFIXES:
-                sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+                sd = torch_load(path)  # never unpickles code
                 for key in ("state_dict", "model", "module"):
                     if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                         sd = sd[key]
             else:
                 raise ValueError(f"unknown checkpoint suffix {suffix!r}")
-        except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"{path}: cannot read ViT weights ({first})") from None
         sd = {k.removeprefix("module."): v for k, v in sd.items()}

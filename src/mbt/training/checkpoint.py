@@ -1,18 +1,25 @@
-"""Checkpoints: one folder per checkpoint, written atomically.
+"""Checkpoints: one folder per checkpoint, written atomically, with checksums.
 
 Layout (``run/checkpoints/last/`` and ``run/checkpoints/best/``): a model folder, as
 ``save_pretrained`` writes it (so every command and ``MBT.from_pretrained`` read it alone), plus
-the training state::
+the training state and the checksums of all three::
 
     config.json         the model config, the class names and the run's data config
     model.safetensors   the weights (plain state dict of the unwrapped model)
     state.pt            optimizer, scheduler, scaler, epoch, step, RNG states, best metric,
                         the resolved config dict and the class list
+    SHA256SUMS          sha256 of the three files (``sha256sum -c SHA256SUMS`` reads it)
 
 A checkpoint is first written to a hidden temporary folder beside its target, every file is
 fsynced, then the folder is renamed into place. A folder cannot be renamed over a non-empty one,
 so the old checkpoint is first renamed to ``.<name>.old`` and removed afterwards; a crash in the
 gap between the two renames leaves ``.<name>.old``, which :func:`resolve_checkpoint` falls back to.
+A full disk removes the temporary folder and raises a one-line ``DiskFullError``; the previous
+checkpoint is untouched.
+
+Which copy a resumed run starts from (:func:`resume_point`): ``last``; if it is missing or
+damaged, ``.last.old`` (an interrupted save); else ``best``, an earlier epoch with its complete
+state, from which the run replays the epochs after it exactly.
 
 The file names, the folder resolution, the config writer and the readers live in
 :mod:`mbt.model.hub` (the model layer never imports training); they are re-exported here.
@@ -23,6 +30,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +40,18 @@ import torch
 from torch import nn
 
 from mbt.config import DataConfig, from_dict
-from mbt.model.hub import CONFIG, STATE, WEIGHTS, load_weights, write_pretrained
+from mbt.files import DiskFullError, atomic_path, damaged_files, fsync_dir, write_checksums
+from mbt.model.hub import CHECKSUMS, CONFIG, STATE, WEIGHTS, load_weights, write_pretrained
 from mbt.model.hub import read_state as load_state
 from mbt.model.hub import resolve_folder as resolve_checkpoint
 
 __all__ = [
-    "CONFIG", "STATE", "WEIGHTS", "load_state", "load_weights", "resolve_checkpoint",
-    "rng_state", "save_checkpoint", "set_rng_state",
+    "CHECKSUMS", "CONFIG", "STATE", "WEIGHTS", "ResumePoint", "checkpoint_epoch",
+    "checkpoint_problem", "copy_checkpoint", "load_state", "load_weights", "resolve_checkpoint",
+    "resume_point", "rng_state", "save_checkpoint", "set_rng_state",
 ]  # fmt: skip
+FILES = (CONFIG, WEIGHTS, STATE)  # what a training checkpoint holds (and SHA256SUMS covers)
+FULL = "the previous checkpoint is intact"  # the end of a disk-full message
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,14 +79,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,
@@ -94,25 +99,121 @@ def save_checkpoint(
 
     Returns:
         ``directory`` as a Path.
+
+    Raises:
+        DiskFullError: no space left; the temporary folder is gone, the previous checkpoint
+            in ``directory`` is intact.
     """
     directory = Path(directory)
     if class_names is None:
         class_names = state.get("classes")
     if data is None and "config" in state:
         data = from_dict(DataConfig, state["config"]["data"], prefix="data.")
+
+    def write(tmp: Path) -> None:
+        write_pretrained(model, tmp, class_names=class_names, data=data)
+        # Into a file object: on a full disk torch.save's RuntimeError then carries the OSError
+        # (ENOSPC) as its context; saving to a path, it says only "unexpected pos".
+        with atomic_path(tmp / STATE) as path, open(path, "wb") as f:
+            torch.save(state, f)
+
+    return _install(directory, write)
+
+
+def copy_checkpoint(source: str | Path, directory: str | Path) -> Path:
+    """Copy the checkpoint folder ``source`` to ``directory`` (replaced atomically, as
+    :func:`save_checkpoint` does)."""
+    source = Path(source)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        for name in FILES:
+            if (source / name).is_file():
+                with atomic_path(tmp / name) as f:
+                    shutil.copyfile(source / name, f)
+
+    return _install(Path(directory), write)
+
+
+def _install(directory: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` fills a temporary folder beside ``directory``; its checksums are added,
+    then it replaces ``directory`` (old folder renamed to ``.<name>.old``, removed last)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp"
     old = directory.parent / f".{directory.name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    files = write_pretrained(model, tmp, class_names=class_names, data=data)
-    torch.save(state, tmp / STATE)
-    for f in (*files, tmp / STATE, tmp):
-        _fsync(f)
+    try:
+        write(tmp)
+        write_checksums(tmp, [n for n in FILES if (tmp / n).is_file()])
+        fsync_dir(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, DiskFullError):  # name the checkpoint's file, not the temporary one
+            raise DiskFullError(directory / e.path.name, FULL) from None
+        raise
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
     os.replace(tmp, directory)
-    _fsync(directory.parent)
+    fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# Which checkpoint to resume from
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a resumed run starts from, and why it is not ``last`` (if it is not)."""
+
+    folder: Path
+    notes: tuple[str, ...] = ()  # one line per copy passed over (missing or damaged)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the training checkpoint ``folder`` cannot be resumed from (None: it can)."""
+    if not (folder / WEIGHTS).is_file():
+        return "missing"
+    if not (folder / CHECKSUMS).is_file():  # written before checksums: can it be read at all?
+        try:
+            load_state(folder)
+        except (FileNotFoundError, ValueError) as e:
+            return str(e)
+        return None
+    gone = [n for n in FILES if not (folder / n).is_file()]
+    if gone:
+        return f"incomplete (no {', '.join(gone)})"
+    bad = damaged_files(folder, FILES)
+    return f"damaged ({', '.join(bad)} differs from {CHECKSUMS})" if bad else None
+
+
+def checkpoint_epoch(folder: Path) -> int | None:
+    """The epoch a training checkpoint was written after (None: no readable intact state)."""
+    try:
+        return int(load_state(folder)["epoch"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
+def resume_point(checkpoints: Path) -> ResumePoint | None:
+    """The first intact one of ``last``, ``.last.old`` and ``best`` in ``checkpoints``.
+
+    Returns:
+        None when none of them exists (nothing to resume).
+
+    Raises:
+        ValueError: they exist but every one is damaged.
+    """
+    notes = []
+    for name in ("last", ".last.old", "best"):
+        folder = checkpoints / name
+        why = checkpoint_problem(folder)
+        if why is None:
+            return ResumePoint(folder, tuple(notes))
+        if why != "missing" or name == "last":
+            notes.append(f"{folder}: {why}")
+    if all(n.endswith(": missing") for n in notes):
+        return None
+    raise ValueError(f"no intact checkpoint to resume from: {'; '.join(notes)}")

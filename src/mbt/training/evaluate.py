@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import torch
 
 from mbt.config import RunConfig, replace
 from mbt.data.archive import open_data_path
-from mbt.model.hub import STATE, LoadedModel, load_model, read_state
+from mbt.files import write_atomic
+from mbt.model.hub import STATE, LoadedModel, load_model
+from mbt.training.checkpoint import checkpoint_epoch
 from mbt.training.distributed import pick_device
 from mbt.training.engine import collect_logits
 from mbt.training.loop import make_loader, metric_name, open_split, scan_data
@@ -88,6 +91,7 @@ def evaluate_run(
     logits, labels, _ = collect_logits(
         loaded.model, loader, dev, prec, variants, desc=f"evaluate {split}"
     )
+    check_finite(logits, loaded.folder)
     out = {
         "run_dir": str(run_dir),
         "split": split,
@@ -141,9 +145,28 @@ def _open_eval_split(cfg: RunConfig, split: str, class_names: list[str] | None):
     return ds, classes
 
 
+def check_finite(logits: dict[str, torch.Tensor], folder: Path) -> None:
+    """NaN or inf scores are an error, not a result (damaged or diverged weights would
+    otherwise score as a confident ``nan%``)."""
+    for name, scores in logits.items():
+        bad = int((~torch.isfinite(scores)).any(dim=1).sum())
+        if bad:
+            raise ValueError(
+                f"{folder}: the model gives non-finite scores (NaN or inf) for {bad} of "
+                f"{len(scores)} clips ({VARIANT_TITLES[name]}); its weights are damaged or "
+                "diverged, no metric computed"
+            )
+
+
 def _epoch_of(folder: Path) -> int | None:
-    """The epoch a training checkpoint was written after; None for other model folders."""
-    return read_state(folder).get("epoch") if (folder / STATE).is_file() else None
+    """The epoch a training checkpoint was written after; None for other model folders, and
+    for a damaged ``state.pt`` (the weights and config are all evaluation needs: a warning)."""
+    if not (folder / STATE).is_file():
+        return None
+    epoch = checkpoint_epoch(folder)
+    if epoch is None:
+        print(f"warning: {folder / STATE} is damaged; the epoch is unknown", file=sys.stderr)
+    return epoch
 
 
 def _score(
@@ -164,7 +187,7 @@ def _write(
 ) -> None:
     """``eval[_<split>].json`` and, single-label, ``confusion[_<split>].png``."""
     suffix = "" if out["split"] == "val" else f"_{out['split']}"
-    (run_dir / f"eval{suffix}.json").write_text(json.dumps(out, indent=1))
+    write_atomic(run_dir / f"eval{suffix}.json", json.dumps(out, indent=1))
     if not out["multi_label"]:
         cm = confusion_matrix(logits.argmax(1), labels, len(classes))
         plot_confusion(cm, classes, run_dir / f"confusion{suffix}.png")

@@ -2,7 +2,8 @@
 
 A run, step by step (:func:`_train` reads as this list)::
 
-    check_run_dir     out/ is new, or holds checkpoints/last to --resume
+    check_run_dir     out/ is new, or holds a checkpoint to --resume (last, else an intact
+                      older copy: checkpoint.resume_point)
     load_init_weights model.init (ViT) and model.audio_init (AST), read before the data: a
                       missing weight file fails at once (new runs only)
     setup_data        [unpack a .zip] -> scan(data) -> train / val AVDataset or CachedDataset
@@ -10,9 +11,10 @@ A run, step by step (:func:`_train` reads as this list)::
     build_engine      seed -> MBT -> [ViT, AST init] -> [DDP, compile] -> optimizer, schedule,
                       scaler
     restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
+    reconcile         the run dir made to agree with that state (after a kill or a damaged file)
     write_run_files   config.yaml (resolved, flat), classes.json
     every epoch       run_epoch (train_one_epoch + validate) -> select_best (best? patience)
-                      -> save_epoch (checkpoints last/ best/, training_log.csv, plot.png)
+                      -> save_epoch (checkpoints last/ best/, plot.png, training_log.csv)
     summarise         the summary dict and the closing line
 
 Everything the run knows between epochs is one :class:`RunState`, saved in every checkpoint's
@@ -23,6 +25,13 @@ and modality dropout draw from a generator seeded with (seed, epoch, rank), the 
 augmentation from (seed, epoch, index), and dropout / drop-path from the global RNG whose state
 is saved in every checkpoint. So ``--resume`` reproduces the uninterrupted run bit for bit.
 
+Crash safety: every file is written to a temporary name and renamed (:mod:`mbt.files`), so a
+kill leaves each file old or new, never half. What a kill can leave is a run directory whose
+files disagree: ``last`` written but not ``best``, or the checkpoints written but not the log.
+``last``'s state (its history of log rows and its best epoch) is the truth, and
+:func:`reconcile` rebuilds the rest from it on ``--resume``, so a resumed run ends as the
+uninterrupted one would (same weights, same log, same best).
+
 Batch size: ``train.batch_size`` is per process; the effective batch is
 ``batch_size * grad_accum * world_size``.
 """
@@ -31,9 +40,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +63,7 @@ from mbt.data.archive import open_data_path
 from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
+from mbt.files import atomic_path, remove_temporaries, write_atomic
 from mbt.model import MBT
 from mbt.model.inits import InitWeights, apply_init, load_init_weights
 from mbt.training import checkpoint as ckpt
@@ -304,6 +317,11 @@ class RunDir:
         return self.root / "checkpoints" / "best"
 
     @property
+    def last_old(self) -> Path:
+        """The copy of ``last`` an interrupted save leaves (see :mod:`.checkpoint`)."""
+        return self.root / "checkpoints" / ".last.old"
+
+    @property
     def log(self) -> Path:
         return self.root / "training_log.csv"
 
@@ -328,13 +346,19 @@ def read_log(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def write_log(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
-    """Rewrite ``training_log.csv`` (kept short: one row per epoch)."""
+def log_text(rows: list[dict[str, Any]], metric: str) -> str:
+    """The text of ``training_log.csv`` for ``rows`` (one row per epoch)."""
     fields = [f.format(metric=metric) for f in LOG_FIELDS]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_log(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
+    """Rewrite ``training_log.csv`` atomically (a kill leaves the old log or the new one)."""
+    write_atomic(path, log_text(rows, metric))
 
 
 def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
@@ -365,7 +389,8 @@ def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,15 +459,19 @@ def _train(
 ) -> dict[str, Any]:
     """:func:`train` inside the process group: the run's steps, in order."""
     resolve_precision(cfg.train.precision, info.device)  # fp16 on a CPU: an error before the data
-    resume_dir = check_run_dir(run, resume)
+    point = check_run_dir(run, resume)
     weights = None if resume else load_init_weights(cfg.model)  # resumed: from the checkpoint
     cfg, splits = setup_data(cfg, data, info)
     engine = build_engine(cfg, splits, info, weights)
     if weights is not None and info.is_main:
         print(weights.describe())
-    state = restore(engine, resume_dir, run) if resume_dir else RunState()
-    write_run_files(run, engine, splits)
+    state = restore(engine, point.folder, run) if point else RunState()
     metric = metric_name(cfg, splits.multi_label)
+    dist.barrier()  # every process has read the checkpoint before rank 0 tidies the run dir
+    if info.is_main:
+        reconcile(run, state, point, metric)
+    state = dist.all_gather_objects(state)[0]  # rank 0's, which a repair may have changed
+    write_run_files(run, engine, splits)
     already_finished = state.finished(cfg.train)
     if resume and info.is_main:
         announce_resume(run, state, cfg.train, engine.step)
@@ -464,19 +493,24 @@ def _train(
     return summary
 
 
-def check_run_dir(run: RunDir, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None for a new run); refuses to mix up the two."""
-    try:  # checkpoints/last, or .last.old when a save was interrupted between its renames
-        last: Path | None = ckpt.resolve_checkpoint(run.last)
-    except FileNotFoundError:
-        last = None
-    if resume and last is None:
+def check_run_dir(run: RunDir, resume: bool) -> ckpt.ResumePoint | None:
+    """The checkpoint to resume from (None for a new run); refuses to mix up the two.
+
+    Raises:
+        FileNotFoundError: ``resume`` and no checkpoint.
+        ValueError: a new run into a run directory, or every checkpoint is damaged.
+    """
+    if not resume:
+        # checkpoints/last, or .last.old when a save was interrupted between its renames
+        if any((d / ckpt.WEIGHTS).is_file() for d in (run.last, run.last_old)):
+            raise ValueError(
+                f"{run.root} already holds a run; use --resume {run.root} or another --out"
+            )
+        return None
+    point = ckpt.resume_point(run.last.parent)
+    if point is None:
         raise FileNotFoundError(f"{run.root}: nothing to resume (no checkpoints/last)")
-    if not resume and last is not None:
-        raise ValueError(
-            f"{run.root} already holds a run; use --resume {run.root} or another --out"
-        )
-    return last
+    return point
 
 
 def restore(engine: Engine, directory: Path, run: RunDir) -> RunState:
@@ -491,6 +525,62 @@ def restore(engine: Engine, directory: Path, run: RunDir) -> RunState:
     return RunState.from_saved(saved, run.log)
 
 
+def reconcile(run: RunDir, state: RunState, point: ckpt.ResumePoint | None, metric: str) -> None:
+    """Make the run directory agree with the state the run starts from (rank 0).
+
+    A kill can leave temporaries (removed: a run directory has one writer), a ``last``
+    missing or damaged (the run resumed from an older copy, which becomes ``last``), a ``best``
+    that is not the best epoch the state records (killed between writing ``last`` and
+    ``best``: re-saved from ``last``), or a log and plot behind the state (rewritten from its
+    history). Each repair is said in one line.
+    """
+    for folder in (run.root, run.last.parent):
+        remove_temporaries(folder)
+    if point is None:
+        return
+    for note in point.notes:
+        progress.write(f"warning: {note}; resuming from {point.folder}")
+    if point.folder == run.last_old:  # an interrupted save: the previous last is complete
+        if run.last.exists():
+            shutil.rmtree(run.last)
+        os.replace(run.last_old, run.last)
+    elif point.folder != run.last:
+        ckpt.copy_checkpoint(point.folder, run.last)
+    reconcile_best(run, state, metric)
+    for old in (run.last_old, run.last.parent / ".best.old"):  # the folders they replaced
+        shutil.rmtree(old, ignore_errors=True)
+    text = log_text(state.history, metric)
+    if not run.plot.is_file() or not run.log.is_file() or run.log.read_bytes() != text.encode():
+        plot_history(state.history, metric, run.plot)  # plot first: a complete log implies it
+        write_atomic(run.log, text)
+
+
+def reconcile_best(run: RunDir, state: RunState, metric: str) -> None:
+    """``checkpoints/best`` holds the state's best epoch, or is rebuilt (said in one line).
+
+    The best epoch is the last one when the kill came between writing ``last`` and ``best``:
+    ``last`` is copied. Otherwise that epoch's weights are gone (``best`` deleted or damaged):
+    the last epoch becomes the best so far, and the line says so.
+    """
+    held = ckpt.checkpoint_epoch(run.best) if ckpt.checkpoint_problem(run.best) is None else None
+    if state.best_epoch in (0, held):
+        return
+    what = f"holds epoch {held}" if held else "is missing or damaged"
+    if state.best_epoch == state.epoch:
+        progress.write(
+            f"note: {run.best} {what}, the best epoch is {state.best_epoch}: copied from {run.last}"
+        )
+    else:
+        progress.write(
+            f"warning: {run.best} {what}; the best epoch {state.best_epoch} is lost, so the "
+            f"last epoch ({state.epoch}) is the best so far"
+        )
+        row = state.history[-1]
+        state.best_epoch, state.bad_epochs = state.epoch, 0
+        state.best_metric, state.best_val_loss = float(row[metric]), float(row["val_loss"])
+    ckpt.copy_checkpoint(run.last, run.best)
+
+
 def write_run_files(run: RunDir, engine: Engine, data: RunData) -> None:
     """``config.yaml`` (resolved and flat: a run reloads without its presets), ``classes.json``,
     and the line that says what is being trained where."""
@@ -499,7 +589,7 @@ def write_run_files(run: RunDir, engine: Engine, data: RunData) -> None:
     cfg, tc, info = engine.cfg, engine.cfg.train, engine.info
     run.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.root / "config.yaml")
-    (run.root / "classes.json").write_text(json.dumps(data.classes, indent=1))
+    write_atomic(run.root / "classes.json", json.dumps(data.classes, indent=1))
     n_params = sum(p.numel() for p in engine.model.parameters())
     eff = tc.batch_size * tc.grad_accum * info.world_size
     print(
@@ -596,8 +686,12 @@ def save_epoch(
     metric: str,
     classes: list[str],
 ) -> None:
-    """Rank 0 writes checkpoints ``last`` (and ``best`` when improved), the log, the plot and
-    the epoch's line; every process then waits for it."""
+    """Rank 0 writes checkpoints ``last`` (and ``best`` when improved), the plot, the log and
+    the epoch's line; every process then waits for it.
+
+    The order is what :func:`reconcile` relies on: ``last`` first (the resume point and the
+    truth), the log last (a complete log implies a complete plot).
+    """
     if engine.info.is_main:
         saved = {
             "optimizer": engine.optimizer.state_dict(),
@@ -613,8 +707,8 @@ def save_epoch(
         ckpt.save_checkpoint(run.last, engine.model, saved)
         if result.improved:
             ckpt.save_checkpoint(run.best, engine.model, saved)
-        write_log(run.log, state.history, metric)
         plot_history(state.history, metric, run.plot)
+        write_log(run.log, state.history, metric)
         progress.write(epoch_line(result, metric, engine.cfg.train.epochs))
     dist.barrier()
 
@@ -677,10 +771,7 @@ def done_line(summary: dict[str, Any], run: RunDir) -> str:
 
 def start_epoch_of(directory: Path) -> int:
     """The epoch a checkpoint was written after (0 when unreadable)."""
-    try:
-        return int(ckpt.load_state(directory)["epoch"])
-    except (FileNotFoundError, KeyError, RuntimeError, ValueError):
-        return 0
+    return ckpt.checkpoint_epoch(directory) or 0
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

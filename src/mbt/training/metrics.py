@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbt.files import atomic_path
+
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """Fraction of clips whose label is among the ``k`` highest scores (k is capped at C)."""
@@ -120,4 +122,5 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:  # a kill leaves the old image or the new one
+        fig.savefig(tmp, format="png", dpi=100)

@@ -43,3 +43,21 @@ def test_declared_splits_win():
     clips = {c.key: Clip(None, None, (0,), c.key) for c in cands}
     out = split(cands, clips, DataConfig(val_fraction=0.5))
     assert [[c.key for c in out[s]] for s in ("train", "val", "test")] == [["w", "x"], ["y"], ["z"]]
+
+
+def test_ungrouped_names_beside_grouped_ones_keep_every_class_in_both_splits():
+    # The case: one class named UCF-style (groups), the other not (each clip its own
+    # group). Drawn from one pool, the ungrouped clips could fill the validation share alone
+    # and leave the grouped class without a validation clip.
+    clips = [
+        Clip(None, None, (0,), f"jump-g{g}-c{c}", group=f"g{g:02d}")
+        for g in (1, 2, 3)
+        for c in (1, 2)
+    ]
+    clips += [Clip(None, None, (1,), f"run-take{i}") for i in range(6)]
+    for seed in range(20):
+        val = hold_out(clips, 0.2, seed)
+        per_class = Counter(c.labels[0] for c in clips if c.key in val)
+        assert per_class == {0: 2, 1: 1}, (seed, sorted(val))  # round(0.2 * 6) = 1 at least
+        held_groups = {c.group for c in clips if c.key in val and c.group}
+        assert all(c.key in val for c in clips if c.group in held_groups), seed  # whole groups

@@ -2,10 +2,12 @@
 set drawn from the training clips.
 
 Held out by whole groups when clips have groups (UCF-style ``g<gg>``, as the official UCF101
-splits: clips of one group share actor and scene, so a split by clip leaks), stratified by
-class when not, with ``data.val_fraction`` and ``data.split_seed``. Every draw comes from a
-generator seeded by (seed, name), so the split depends on neither file-system order nor on
-anything else drawn.
+splits: clips of one group share actor and scene, so a split by clip leaks), with
+``data.val_fraction`` and ``data.split_seed``; stratified by class either way: each class with
+two clips or more gives about its share to validation and keeps at least one clip for
+training, whatever its file names (a class of ungrouped names next to UCF-named classes
+included). Every draw comes from a generator seeded by (seed, name), so the split depends on
+neither file-system order nor on anything else drawn.
 """
 
 from __future__ import annotations
@@ -53,20 +55,35 @@ def hold_out(clips: list[Clip], fraction: float, seed: int) -> set[str]:
 
 
 def _hold_out_groups(clips: list[Clip], fraction: float, seed: int) -> set[str] | None:
-    """Whole groups in a seeded order until ``fraction`` of the clips; None if only one group."""
+    """Whole groups, stratified by (first) class; None if there is only one group.
+
+    Groups are visited in one seeded order; a group is held out when a class in it is still
+    short of its share (``round(fraction * n)``, at least one) and taking it undershoots that
+    share less than leaving it, unless it would take the last training clip of a class in it.
+    So each class gets about its share, and a class whose clips all share one group stays in
+    training.
+    """
     group = {c.key: c.group if c.group is not None else f"\0{c.key}" for c in clips}
-    sizes = Counter(group.values())
-    groups = sorted(sizes)
-    if len(groups) < 2:
+    members: dict[str, Counter] = defaultdict(Counter)  # group -> clips per class
+    for c in clips:
+        members[group[c.key]][c.labels[0]] += 1
+    if len(members) < 2:
         return None
-    order = [groups[i] for i in _seeded(seed, "groups").permutation(len(groups))]
-    chosen, n = set(), 0
-    target = fraction * len(clips)
-    for g in order[:-1]:  # at least one group stays in training
-        if chosen and n + sizes[g] / 2 >= target:  # the next group overshoots more
-            break
-        chosen.add(g)
-        n += sizes[g]
+    total = Counter(c.labels[0] for c in clips)
+    target = {k: min(n - 1, max(1, round(fraction * n))) for k, n in total.items() if n >= 2}
+    held: Counter = Counter()
+    groups = sorted(members)
+    chosen = set()
+    for i in _seeded(seed, "groups").permutation(len(groups)):
+        counts = members[groups[i]]
+        wanted = any(
+            held[k] == 0 or held[k] + n / 2 < target[k]
+            for k, n in counts.items()
+            if held[k] < target.get(k, 0)
+        )
+        if wanted and all(held[k] + n < total[k] for k, n in counts.items()):
+            chosen.add(groups[i])
+            held.update(counts)
     return {c.key for c in clips if group[c.key] in chosen}
 
 

@@ -1,0 +1,1 @@
+"""Reliability: kills, full disks, damaged files, concurrent jobs, truncated and long media."""
