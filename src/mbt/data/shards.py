@@ -490,10 +490,13 @@ def open_shards(folder: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> d
 class ShardLoader:
     """Training batches of a :class:`ShardStream`, the same number on every rank.
 
-    DataLoader workers stream single items; this process groups them into batches of
-    ``batch_size`` and stops after ``len(stream)`` items, so every rank takes
-    ``ceil(len(stream) / batch_size)`` steps however the clips fell to workers. If shards could
-    not be read (skipped), the missing items count as failed clips (None), never as fewer steps.
+    DataLoader workers collate chunks of up to ``batch_size`` clips of their own shards (one
+    transfer per chunk); this process cuts and joins the chunks into batches of exactly
+    ``batch_size`` clips and stops after ``len(stream)`` clips, so every rank takes
+    ``ceil(len(stream) / batch_size)`` steps however the clips fell to workers (a worker's last
+    chunk is usually short). Clips that failed to load count as clips of their batch (dropped
+    by collate, as with map-style data); clips of shards that could not be read (skipped)
+    count as failed clips too, never as fewer steps.
 
     ``sampler`` is the stream's :class:`ShardPlan` (``set_epoch``, ``len``: clips per epoch),
     what the training loop reseeds every epoch.
@@ -504,31 +507,64 @@ class ShardLoader:
     ) -> None:
         self.stream, self.batch_size, self.pin_memory = stream, batch_size, pin_memory
         self.sampler = stream.order
-        self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers)
+        self.loader = DataLoader(
+            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=_chunk
+        )
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Any] | None]:
-        total, items = len(self.sampler), iter(self.loader)
-        batch: list[dict[str, Any] | None] = []
-        for taken in range(1, total + 1):
-            item = next(items, _MISSING)
-            if item is _MISSING:  # shards skipped: the rest of the epoch are failed clips
-                if items is not _EMPTY:
-                    log.warning("%d clips of the epoch could not be read", total - taken + 1)
-                items, item = _EMPTY, None
-            batch.append(item)
-            if len(batch) == self.batch_size or taken == total:
-                yield self._collate(batch)
-                batch = []
+        total, taken = len(self.sampler), 0
+        batch: list[_Chunk] = []
+        size = 0  # clips in `batch`, loaded or not
+        for chunk in self._chunks():
+            while chunk[1] and taken < total:
+                want = min(self.batch_size, total - taken)
+                head, chunk = _split(chunk, want - size)
+                batch.append(head)
+                size += len(head[1])
+                if size == want:
+                    yield self._collate(batch)
+                    taken, batch, size = taken + size, [], 0
+            if taken == total:
+                return
 
-    def _collate(self, batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-        out = collate_skip_failed(batch)
-        if out is not None and self.pin_memory:
-            out = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    def _chunks(self) -> Iterator[_Chunk]:
+        """The workers' chunks; then, if they ended early (shards skipped), failed clips."""
+        yield from self.loader
+        log.warning("the shards of this epoch held fewer clips than planned (some skipped)")
+        while True:
+            yield None, [False] * self.batch_size
+
+    def _collate(self, parts: list[_Chunk]) -> dict[str, Any] | None:
+        loaded = [p for p, _ in parts if p is not None]
+        if not loaded:
+            return None
+        out = (
+            loaded[0]
+            if len(loaded) == 1
+            else {k: torch.cat([p[k] for p in loaded]) for k in loaded[0]}
+        )
+        if self.pin_memory:
+            out = {k: v.pin_memory() for k, v in out.items()}
         return out
 
 
-_MISSING = object()
-_EMPTY: Iterator[Any] = iter(())
+_Chunk = tuple[dict[str, torch.Tensor] | None, list[bool]]  # (loaded clips collated, loaded?)
+
+
+def _chunk(items: list[dict[str, Any] | None]) -> _Chunk:
+    """A worker's collate: the clips that loaded as one batch, and which of the items did."""
+    return collate_skip_failed(items), [x is not None for x in items]
+
+
+def _split(chunk: _Chunk, k: int) -> tuple[_Chunk, _Chunk]:
+    """The first ``k`` items of a chunk and the rest."""
+    part, ok = chunk
+    r = sum(ok[:k])  # loaded clips among the first k: the first r rows of `part`
+    if part is None:
+        return (None, ok[:k]), (None, ok[k:])
+    head = {key: v[:r] for key, v in part.items()} if r else None
+    tail = {key: v[r:] for key, v in part.items()} if r < len(part["index"]) else None
+    return (head, ok[:k]), (tail, ok[k:])
