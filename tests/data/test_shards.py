@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from mbt.data.cache import CachedDataset, prepare
+from mbt import cli
+from mbt.data.cache import CachedDataset, cache_lock, prepare
 from mbt.data.shards import ShardLoader, ShardPlan, ShardStream, is_shard_folder, write_shards
 
 
@@ -150,3 +151,23 @@ def test_a_damaged_shard_is_a_media_error_or_skipped(
     batches = list(loader)
     assert len(batches) == len(loader) == 3  # the same steps: the missing clips count as failed
     assert sum(len(b["index"]) for b in batches if b is not None) < 12
+
+
+def test_prepare_cli_writes_shards_and_busy_is_one_line(demo_root, tmp_path, capsys):
+    out = tmp_path / "cache"
+    args = ["prepare", str(demo_root), "--out", str(out), "--config", "demo", "--shards",
+            "--clips-per-shard", "8", "--jpeg-quality", "75", "--workers", "1"]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "24 clips (24 decoded" in printed
+        and "shards " in printed
+        and "4 shards (4 written" in printed
+    )
+    assert json.loads((out / "index.json").read_text())["settings"]["jpeg_quality"] == 75
+    assert len(list((out / "shards").glob("*.tar"))) == 4  # 12 + 12 clips, 8 per shard
+    with cache_lock(out):  # as if another prepare (here: this process) were writing it
+        assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mbt: error: ") and "is already writing this cache" in err
+    assert "\n" not in err

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from mbt.data.shards import ShardPlan, write_shards
 from mbt.training import engine, loop
 from mbt.training.checkpoint import WEIGHTS, load_state
+from mbt.training.evaluate import evaluate_run
 
 from .conftest import tiny_config
 
@@ -101,3 +102,6 @@ def test_resumed_epochs_read_what_an_uninterrupted_run_reads(shards, tmp_path, m
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert load_state(tmp_path / "b" / "checkpoints" / "last")["epoch"] == 2
+    # Evaluation streams the shards too: every val clip once, its 2 test views.
+    report = evaluate_run(tmp_path / "a", split="val", write=False)
+    assert report["num_clips"] == 12 and report["views"]["clips"] == 2

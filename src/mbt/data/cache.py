@@ -71,6 +71,7 @@ import os
 import re
 import socket
 import struct
+import threading
 import time
 import zlib
 from collections import deque
@@ -574,6 +575,10 @@ def cache_lock(out: Path, wait: bool = False) -> Iterator[None]:
     """
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
+    with _HELD_GUARD:  # POSIX locks do not exclude their own process: this set does
+        if str(path.resolve()) in _HELD:
+            raise CacheBusyError(f"{out}: this process is already writing this cache")
+        _HELD.add(str(path.resolve()))
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:
@@ -595,6 +600,12 @@ def cache_lock(out: Path, wait: bool = False) -> Iterator[None]:
         os.ftruncate(fd, 0)  # at rest the file says nothing (the same bytes after every run)
     finally:
         os.close(fd)  # releases the lock
+        with _HELD_GUARD:
+            _HELD.discard(str(path.resolve()))
+
+
+_HELD: set[str] = set()  # the lock files this process holds
+_HELD_GUARD = threading.Lock()
 
 
 def _lock_holder(path: Path) -> str:
