@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -39,7 +37,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/media.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/media.py, machine.py
+import machine as host  # noqa: E402
 from media import write_dataset  # noqa: E402
 
 from mbt.config import load_config, replace  # noqa: E402
@@ -50,24 +49,6 @@ from mbt.data.shards import ShardLoader, ShardStream, write_shards  # noqa: E402
 
 QUALITIES = (75, 85, 90)  # besides the default, for the size table
 BATCH = 16
-
-
-def machine() -> dict[str, Any]:
-    """The CPU model, cores, torch's capability and threads, the load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": cpu, "cores": cores, "capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }  # fmt: skip
 
 
 def _dir_mb(folder: Path, suffixes: Sequence[str]) -> float:
@@ -182,7 +163,7 @@ def measure(data: Path, work: Path, workers: Sequence[int], repeats: int, items:
     clips = [c for s in ("train", "val", "test") for c in index.split(s)]
     n = len(clips)
     mp4, wav = _dir_mb(data, (".mp4",)) / n, _dir_mb(data, (".wav",)) / n
-    out: dict[str, Any] = {"machine": machine(), "clips": n, "mp4_mb": mp4, "wav_mb": wav}
+    out: dict[str, Any] = {"machine": host.describe(), "clips": n, "mp4_mb": mp4, "wav_mb": wav}
     sizes = {}
     for q in (JPEG_QUALITY, *QUALITIES):
         folder = work / f"cache_q{q}"
@@ -212,14 +193,9 @@ def measure(data: Path, work: Path, workers: Sequence[int], repeats: int, items:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    """The tables of one run."""
-    m, src = r["machine"], r["mp4_mb"] + r["wav_mb"]
-    load = f", load average {m['load_avg']:.1f}" if m.get("load_avg") is not None else ""
-    st = r["stored"]
+    """The tables of one run (``benchmarks/run_all.py`` writes the machine line above them)."""
+    src, st = r["mp4_mb"] + r["wav_mb"], r["stored"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, capability {m['capability']}, torch "
-        f"{m['torch']}, {m['threads']} torch thread(s){load}.",
-        "",
         f"{r['clips']} UCF101-sized clips (320x240, 25 fps, 6.5-7.5 s, H.264 crf 23 + AAC, wav "
         f"beside): source {src:.2f} MB/clip (mp4 {r['mp4_mb']:.2f}, wav {r['wav_mb']:.2f}). "
         f"Paper preset: frames stored at {st['fps']:g} fps, {st['width']}x{st['height']} (never "
@@ -274,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             data = write_dataset(work / "data", clips_per_class=max(1, args.clips // 2),
                                  gop=args.gop)  # fmt: skip
         result = measure(data, work, args.workers, args.repeats, args.items)
+    print(f"Machine: {host.line(result['machine'])}.\n")
     print(markdown(result))
     return result
 
