@@ -30,9 +30,9 @@ Training reads a split as a stream (:class:`ShardStream`, an ``IterableDataset``
   shards are left out of each epoch (a different ``n % W`` every epoch, rotating through the
   shards, so nothing is left out for good), and every rank takes the same number of clips:
   the sum of the ``n // W`` smallest shard sizes (when the split has a short last shard, the
-  ranks without it leave out that many clips more). Workers stream single clips;
-  :class:`ShardLoader` batches them in the training process, so the step count does not
-  depend on how clips fell to workers.
+  ranks without it leave out that many clips more). Workers collate chunks of their own
+  clips; :class:`ShardLoader` cuts and joins the chunks into batches in the training process,
+  so the step count does not depend on how clips fell to workers.
 * **Mixing**: each worker passes its clips through a shuffle buffer seeded by (seed, epoch,
   rank, worker); clips stay as raw bytes until they leave it.
 * **Items**: the augmentation draws from ``item_generator(seed, epoch, clip position)``, so an
