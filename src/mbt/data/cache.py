@@ -617,6 +617,8 @@ def _lock_holder(path: Path) -> str:
         return "unknown process"
 
 
+# Longer than 60 lines only for its signature and docstring: one keyword per option of
+# `mbt prepare`; the body is its steps.
 def prepare(
     root: str | Path | None,
     out: str | Path,
