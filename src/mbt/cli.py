@@ -23,8 +23,9 @@ from pathlib import Path
 
 from mbt.config import load_config
 from mbt.data.archive import open_data_path
-from mbt.data.cache import prepare
+from mbt.data.cache import JPEG_QUALITY, prepare
 from mbt.data.demo import make_demo_data
+from mbt.data.shards import CLIPS_PER_SHARD, write_shards
 from mbt.data.video import MediaError
 from mbt.demo import run_demo
 from mbt.files import DiskFullError
@@ -169,7 +170,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _register_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare", help="decode a data set once into a cache",
-        description="Decode every clip once into fixed-size tensors (read with data.cache=CACHE).",
+        description="Decode every clip once into a lean cache: the frames the config's sampling "
+        "needs as JPEG, the whole track's log-mel (read with data.cache=CACHE).",
     )  # fmt: skip
     p.add_argument("data", help="data set folder, or a .zip archive (unpacked into the cache)")
     p.add_argument("--out", required=True, help="cache folder")
@@ -180,6 +182,18 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
         "--retry-failed", action="store_true",
         help="decode again the files that failed in an earlier run (e.g. a too short --timeout)",
     )  # fmt: skip
+    p.add_argument(
+        "--fps", type=float, default=None,
+        help="store at most this many frames per second (default: what data.sampling needs)",
+    )  # fmt: skip
+    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help="JPEG quality 1-100")
+    p.add_argument("--wait", action="store_true", help="wait for a prepare run writing OUT")
+    p.add_argument(
+        "--shards", action="store_true",
+        help="also write OUT/shards: WebDataset tar shards per split, read streaming by training "
+        "with data.cache=OUT/shards",
+    )  # fmt: skip
+    p.add_argument("--clips-per-shard", type=int, default=CLIPS_PER_SHARD)
     p.add_argument("overrides", **OVERRIDES)
     p.set_defaults(func=_cmd_prepare)
 
@@ -189,8 +203,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     data = open_data_path(args.data, into=args.out)  # a .zip is unpacked inside the cache folder
     prepare(
         data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout,
-        retry_failed=args.retry_failed,
+        retry_failed=args.retry_failed, fps=args.fps, jpeg_quality=args.jpeg_quality,
+        wait=args.wait,
     )  # fmt: skip
+    if args.shards:
+        print(write_shards(args.out, clips_per_shard=args.clips_per_shard, wait=args.wait).format())
     return 0
 
 

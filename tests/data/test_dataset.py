@@ -15,6 +15,7 @@ from mbt.data import clip as clip_mod
 from mbt.data.clip import audio_window_start
 from mbt.data.dataset import AVDataset, collate_skip_failed, item_generator
 from mbt.data.layouts import Clip, scan
+from mbt.data.transforms import normalize_video
 from mbt.data.video import MediaError
 
 
@@ -26,11 +27,12 @@ def index(demo_root, demo_data_cfg):
 def test_train_item(index, tiny_model_cfg, demo_data_cfg):
     ds = AVDataset(index.train, index.classes, tiny_model_cfg, demo_data_cfg, train=True)
     item = ds[0]
-    assert item["video"].shape == (4, 3, 32, 32) and item["video"].dtype == torch.float32
+    assert item["video"].shape == (4, 3, 32, 32) and item["video"].dtype == torch.uint8
     assert item["audio"].shape == (128, 64) and item["audio"].dtype == torch.float32
     assert item["label"].dtype == torch.int64 and item["label"].shape == ()
     assert item["has_audio"] is True and item["index"] == 0
-    assert -1.0 <= item["video"].min() and item["video"].max() <= 1.0  # inception scaling
+    video = normalize_video(item["video"])  # on the device, in the training step
+    assert -1.0 <= video.min() and video.max() <= 1.0  # inception scaling
     assert torch.isfinite(item["audio"]).all()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mbt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbt.training import engine, loop
 
 from .conftest import tiny_config
@@ -37,7 +38,9 @@ def test_collect_logits_on_a_process_without_clips(demo_cache, monkeypatch):
     dev = torch.device("cpu")
     loader = loop.make_loader(torch.utils.data.Subset(val, range(3)), 4, None, 0, dev)
     variants = {"fusion": {}, "video_only": {"audio": None}}
-    other = engine.collect_logits(model, loader, dev, variants=variants)  # the other process
+    other = engine.collect_logits(
+        model, loader, dev, variants=variants, normalization="inception"
+    )  # the other process
     parts = []
 
     def gather(local):
@@ -45,9 +48,37 @@ def test_collect_logits_on_a_process_without_clips(demo_cache, monkeypatch):
         return [(other[0], other[1], other[2]), local]
 
     monkeypatch.setattr(engine.dist, "all_gather_objects", gather)
-    logits, labels, idx = engine.collect_logits(model, [], dev, variants=variants)
+    logits, labels, idx = engine.collect_logits(
+        model, [], dev, variants=variants, normalization="inception"
+    )
     assert parts[0][0]["fusion"].shape == (0, len(val.classes))
     for k in variants:
         assert logits[k].equal(other[0][k]), k
     assert labels.equal(other[1])
     assert idx.tolist() == [0, 1, 2]
+
+
+def test_uint8_video_is_normalised_on_the_device():
+    """Items carry uint8 video; the step and evaluation must normalise it (the model never
+    sees 0..255)."""
+    video = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1, 1).expand(2, 2, 3, 4, 4)
+    batch = {"video": video, "audio": torch.zeros(2, 8, 4), "label": torch.zeros(2)}
+    dev = torch.device("cpu")
+    x = engine.model_inputs(batch, ("video", "audio"), dev, "inception")
+    assert x["video"].dtype == torch.float32
+    assert x["video"][0].eq(-1).all() and x["video"][1].eq(1).all()
+    imagenet = engine.model_inputs(batch, ("video",), dev, "imagenet")["video"]
+    assert torch.allclose(
+        imagenet[1, 0, :, 0, 0], (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    )
+
+    class Spy(torch.nn.Module):
+        cfg = loop.replace(tiny_config().model, num_classes=2)
+
+        def forward(self, video=None, audio=None, **kw):
+            Spy.seen = video
+            return torch.zeros(video.shape[0], 2)
+
+    engine.collect_logits(Spy(), [{**batch, "index": torch.arange(2)}], dev,
+                          normalization="inception")  # fmt: skip
+    assert Spy.seen.dtype == torch.float32 and Spy.seen.abs().max() == 1.0

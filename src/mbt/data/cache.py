@@ -1,44 +1,88 @@
-"""Decode every clip once into a compact cache, and read training items from it.
+"""Decode every clip once into a lean cache, and read training items from it.
 
 ``mbt prepare`` (:func:`prepare`) writes::
 
-    <out>/index.json              classes, splits, per-clip metadata, source size + mtime
-    <out>/clips/<name>.jpgs       frames: JPEG per frame + offsets (or <name>.npy, raw uint8)
-    <out>/clips/<name>.fbank.npy  float16 (N_a, F) log-mel of the whole track, un-normalised
+    <out>/index.json                    root, settings, classes, splits, one entry per clip
+    <out>/clips/<name>-<id>.jpgs        frames: offsets + one JPEG per stored frame (or .npy)
+    <out>/clips/<name>-<id>.fbank.npy   float16 (N_a, F) log-mel of the whole track
+    <out>/prepare.lock                  held by the prepare run writing the cache (if any)
 
-Frames are resized to the training short side (``data.resize_short`` or S * 256 / 224) and kept
-at the clip's own frame rate up to ``max_fps`` (25 by default: every frame of UCF101 and
-VGGSound, so window sampling with a stride keeps working). The log-mel is stored before
-normalisation, so the statistics stay a training-time choice.
+(``<id>``: the settings the files were made with, so files of other settings never collide.)
+
+What is stored, and what the sampling loses:
+
+* **Frames at the rate sampling needs, not every frame.** Stored frame ``k`` is source frame
+  ``k * step``, i.e. the cache holds ``source_fps / step`` frames per second:
+
+  - ``data.sampling=window`` with ``frame_stride=s``: ``step = s`` (12.5 fps from 25 fps with
+    the official stride 2). Every window is served exactly by consecutive stored frames; what
+    is lost is the windows that start on the other ``s - 1`` source frames: the window start
+    moves on an ``s / source_fps`` grid (80 ms) instead of the frame grid (40 ms).
+  - ``data.sampling=uniform`` (paper): ``step = ceil(source_fps / UNIFORM_FPS)``, at most
+    12.5 fps (25 fps -> 12.5, 30 -> 10, 50 -> 12.5, 24 -> 12, 12 -> 12). Training jitter
+    inside each segment lands on an 80 ms grid instead of a 40 ms one (a 7-s clip sampled
+    with 8 frames has 11 positions per segment instead of 22); test frames move by <= 40 ms;
+    the 4 test views of a 7-s clip are 0.22 s apart, so they stay distinct.
+  - ``prepare(fps=...)`` (``mbt prepare --fps``) sets the rate bound instead (``fps`` >= the
+    source rate stores every frame, exactly what decoding the media gives).
+
+  Frames are read back as the stored frame nearest to each wanted time. Decoding the media
+  (:class:`mbt.data.clip.MediaReader`) keeps the exact frame grid.
+* **The short side the transforms need, never upscaled**: ``data.resize_short`` (or
+  S * 256 / 224) if the source is larger, else the source size (a 240-line clip stays 240; the
+  transforms resize anyway, so upscaling would only store bytes).
+* **JPEG 4:2:0 at quality 80** (``--jpeg-quality``): the sources are 4:2:0, so 4:4:4 would
+  store chroma that never existed. On UCF101-sized clips (320x240, 25 fps, H.264 + wav) this
+  keeps the cache near 1.3x the source media (``benchmarks/cache.py`` measures it).
+  ``frame_format="npy"`` stores raw uint8 frames (bit-exact, ~15x larger).
+* **Audio as float16 log-mel of the whole track**, before normalisation (the statistics stay
+  a training-time choice); a window is read as a slice.
+
+Frames are decoded with ``simplejpeg`` (libjpeg-turbo in a wheel): ~2x faster than Pillow.
+
+Safety: one ``prepare`` at a time per cache (a lock on ``prepare.lock``: a second run refuses,
+or waits with ``wait=True``; the lock dies with its process, so a killed run leaves no stale
+lock). Every entry records the settings it was made with: entries of other settings are
+decoded again, never reused. Every file is written to a temporary name and renamed
+(:mod:`mbt.files`), so an interrupted run leaves a usable cache; a full disk stops the run
+with one line, and the next run goes on from there. Media paths in the index are
+relative to the data root. The reader checks every file against the index (frame count and
+size, log-mel shape) and names the file in a one-line :class:`MediaError` when they differ.
 
 Decoding runs in worker processes with a per-file timeout: a file that hangs or crashes the
 decoder is killed, reported and skipped; the rest goes on. Re-running only decodes files that
-are new or changed (size or mtime), and every file (clip files and the index) is written to a
-temporary name and renamed, so an interrupted run leaves a usable cache.
+are new or changed (size or mtime) or were made with other settings.
 
 :class:`CachedDataset` gives the same items as :class:`mbt.data.dataset.AVDataset` (same
 sampling, alignment and augmentation code) from the cache; :func:`open_dataset` picks the cache
-when ``data.cache`` is set and the media files otherwise.
+when ``data.cache`` is set and the media files otherwise (``mbt.data.shards`` reads the tar
+shards of ``mbt prepare --shards``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import math
 import multiprocessing as mp
+import os
 import re
+import socket
 import struct
+import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
+import simplejpeg
 import torch
 
 from mbt.config import DataConfig, ModelConfig
@@ -50,17 +94,28 @@ from mbt.data.video import MediaError, probe_video, read_frames
 from mbt.files import DiskFullError, remove_temporaries, write_atomic
 from mbt.progress import progress_bar
 
-CACHE_VERSION = 1
+try:  # POSIX record locks; on Windows the cache is not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+CACHE_VERSION = 2  # 1: every frame, upscaled, JPEG 4:4:4; no per-entry settings
+UNIFORM_FPS = 12.5  # stored frames per second (at most) for uniform sampling
+JPEG_QUALITY = 80  # 4:2:0; q85 sat exactly at 1.5x the source on UCF101-sized clips
 JPEG_MAGIC = b"MBTJPG1\0"  # then uint32 count, (count + 1) int64 offsets, the JPEG bytes
+LOCK_NAME = "prepare.lock"
 INDEX_FLUSH_S = 30.0  # rewrite index.json at least this often during a long run
 FULL = "the cache is intact; free space and run mbt prepare again to go on"  # disk-full message
 # What decode_clip writes into a clip's index entry (and a later run keeps when it reuses it).
-DECODED_FIELDS = ("has_audio", "duration", "source_fps", "fps", "num_frames", "frames", "fbank")
+DECODED_FIELDS = (
+    "has_audio", "duration", "source_fps", "fps", "step", "num_frames", "height", "width",
+    "frames", "fbank", "fbank_rows",
+)  # fmt: skip
+REBUILD = "re-run `mbt prepare` for this cache"
 
-try:  # Pillow encodes JPEG; without it the cache stores raw frames
-    from PIL import Image
-except ImportError:  # pragma: no cover
-    Image = None
+
+class CacheBusyError(ValueError):
+    """Another ``mbt prepare`` holds the cache's lock."""
 
 
 @dataclass
@@ -86,6 +141,94 @@ class PrepareReport:
         return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# settings: what the cached files depend on
+
+
+def cache_settings(
+    cfg: DataConfig,
+    model_cfg: ModelConfig,
+    *,
+    fps: float | None = None,
+    frame_format: str = "jpeg",
+    jpeg_quality: int = JPEG_QUALITY,
+) -> dict[str, Any]:
+    """The settings a cache is built with (a cache built with others is rebuilt).
+
+    ``frame_step`` (window sampling: every ``frame_stride``-th frame) or ``max_fps`` (uniform
+    sampling, or an explicit ``fps``: the largest rate ``source_fps / k`` not above it) says
+    which frames are stored; see the module docstring.
+    """
+    if frame_format not in ("jpeg", "npy"):
+        raise ValueError(f"frame_format must be 'jpeg' or 'npy', got {frame_format!r}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    by_stride = fps is None and cfg.sampling == "window"
+    return {
+        "version": CACHE_VERSION,
+        "short_side": resolve_short_side(model_cfg, cfg),
+        "frame_step": cfg.frame_stride if by_stride else None,
+        "max_fps": None if by_stride else float(fps or UNIFORM_FPS),
+        "mel_bins": model_cfg.mel_bins,
+        "frame_format": frame_format,
+        "jpeg_quality": jpeg_quality if frame_format == "jpeg" else None,
+    }
+
+
+def settings_id(settings: dict[str, Any]) -> str:
+    """A short stable name of ``settings`` (recorded in every entry and its file names)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def frame_step(source_fps: float, settings: dict[str, Any]) -> int:
+    """Stored frame k is source frame ``k * frame_step``."""
+    if settings["frame_step"]:
+        return int(settings["frame_step"])
+    return max(1, math.ceil(source_fps / settings["max_fps"] - 1e-6))
+
+
+def check_settings(
+    data: dict[str, Any], model_cfg: ModelConfig, data_cfg: DataConfig, where: Path
+) -> None:
+    """Refuse (ValueError, one line) a cache or shard index built for other inputs."""
+    settings = data["settings"]
+    if settings.get("version") != CACHE_VERSION:
+        raise ValueError(
+            f"{where}: written by an older mbt (cache format {settings.get('version')}, this "
+            f"version reads {CACHE_VERSION}): {REBUILD}"
+        )
+    want = {"short_side": resolve_short_side(model_cfg, data_cfg), "mel_bins": model_cfg.mel_bins}
+    for name, value in want.items():
+        if settings.get(name) != value:
+            raise ValueError(
+                f"{where}: cache built with {name}={settings.get(name)}, the config needs "
+                f"{value}; re-run `mbt prepare` with this config"
+            )
+    sid = settings_id(settings)
+    stale = [k for k, e in data["clips"].items() if e.get("settings") != sid]
+    if stale:
+        raise ValueError(
+            f"{where}: {len(stale)} entries (e.g. {stale[0]}) were written with other settings "
+            f"than the index says (two prepare runs at once?): {REBUILD}"
+        )
+    if data_cfg.sampling == "window":
+        bad = [k for k, e in data["clips"].items() if data_cfg.frame_stride % e.get("step", 1)]
+        if bad:
+            step = data["clips"][bad[0]]["step"]
+            raise ValueError(
+                f"{where}: the cache stores one frame in {step} of {bad[0]} (and "
+                f"{len(bad) - 1} more), window sampling with data.frame_stride="
+                f"{data_cfg.frame_stride} needs frames {data_cfg.frame_stride} apart; re-run "
+                "`mbt prepare` with this config"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding one clip (runs in a worker process)
+
+
 @dataclass(frozen=True)
 class _Job:
     """One clip to decode (sent to a worker process)."""
@@ -94,100 +237,217 @@ class _Job:
     video: str | None
     audio: str | None  # separate audio file; None with has_audio: the video's own track
     has_audio: bool
-    frames_path: str  # where to write, without extension
-    short_side: int
-    max_fps: float
-    mel_bins: int
-    frame_format: str
-    jpeg_quality: int
+    stem: str  # where to write, without extension
+    settings: dict[str, Any]
 
 
 def decode_clip(job: _Job) -> dict[str, Any]:
     """Decode one clip and write its cache files; returns its index entry (runs in a worker)."""
     entry: dict[str, Any] = {"has_audio": job.has_audio}
     if job.video is not None:
-        info = probe_video(job.video)
-        fps = min(info.fps, job.max_fps)
-        n = max(1, round(info.duration * fps))
-        times = [i / fps for i in range(n)]  # with fps == source fps: exactly its frames
-        frames = read_frames(job.video, times, short_side=job.short_side).numpy()  # (N, H, W, 3)
-        if job.frame_format == "jpeg":
-            name = _write_atomic(job.frames_path + ".jpgs", _encode_jpegs(frames, job.jpeg_quality))
-        else:
-            name = _write_atomic(job.frames_path + ".npy", _npy_bytes(frames))
-        # source_fps times the sampling (as the media reader's), fps indexes the stored frames
-        entry.update(
-            duration=info.duration, source_fps=info.fps, fps=fps, num_frames=n, frames=name
-        )
+        entry.update(_write_frames(job))
     if job.has_audio:
         wav = load_audio(job.audio or job.video)  # (N,) 16 kHz mono
-        fbank = log_mel(wav, num_mel_bins=job.mel_bins).numpy().astype(np.float16)  # (N_a, F)
-        entry["fbank"] = _write_atomic(job.frames_path + ".fbank.npy", _npy_bytes(fbank))
+        fbank = log_mel(wav, num_mel_bins=job.settings["mel_bins"]).numpy()  # (N_a, F)
+        path = Path(job.stem + ".fbank.npy")
+        write_atomic(path, _npy_bytes(fbank.astype(np.float16)), FULL)
+        entry.update(fbank=path.name, fbank_rows=len(fbank))
     return entry
+
+
+def _write_frames(job: _Job) -> dict[str, Any]:
+    """Store the frames sampling can use (module docstring); their part of the entry."""
+    st = job.settings
+    info = probe_video(job.video)
+    step = frame_step(info.fps, st)
+    fps = info.fps / step
+    n = max(1, math.ceil(info.duration * fps - 1e-6))
+    times = [k / fps for k in range(n)]  # source frames 0, step, 2 step, ...
+    short = min(st["short_side"], info.width, info.height)  # never upscale
+    frames = read_frames(job.video, times, short_side=short).numpy()  # (N, H, W, 3)
+    if st["frame_format"] == "jpeg":
+        path, data = Path(job.stem + ".jpgs"), encode_jpegs(frames, st["jpeg_quality"])
+    else:
+        path, data = Path(job.stem + ".npy"), _npy_bytes(frames)
+    write_atomic(path, data, FULL)
+    # source_fps times the sampling (as the media reader's), fps indexes the stored frames
+    return {
+        "duration": info.duration, "source_fps": info.fps, "fps": fps, "step": step,
+        "num_frames": n, "height": frames.shape[1], "width": frames.shape[2], "frames": path.name,
+    }  # fmt: skip
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, array)
+    np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
 
 
-def _write_atomic(path: str | Path, data: bytes) -> str:
-    """Write ``data`` to a temporary file beside ``path`` and rename; returns the file name.
-
-    Raises:
-        DiskFullError: no space left (one line; the temporary file is removed).
-    """
-    return write_atomic(path, data, FULL).name
-
-
-def _encode_jpegs(frames: np.ndarray, quality: int) -> bytes:
-    """(N, H, W, 3) uint8 -> one blob: magic, count, offsets, then each frame as a JPEG."""
-    blobs = []
-    for f in frames:
-        buf = io.BytesIO()
-        Image.fromarray(f).save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4
-        blobs.append(buf.getvalue())
+def encode_jpegs(frames: np.ndarray, quality: int) -> bytes:
+    """(N, H, W, 3) uint8 -> one blob: magic, count, offsets, then each frame as a JPEG 4:2:0."""
+    blobs = [
+        simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=quality, colorsubsampling="420")
+        for f in frames
+    ]
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype("<i8")  # (N + 1,)
     return JPEG_MAGIC + struct.pack("<I", len(blobs)) + offsets.tobytes() + b"".join(blobs)
 
 
-def read_jpegs(path: str | Path, indices: Sequence[int]) -> np.ndarray:
-    """Frames ``indices`` of a ``.jpgs`` file as uint8 (T, H, W, 3); only those are decoded.
+# ---------------------------------------------------------------------------------------------
+# reading cache files: only the wanted frames / rows, checked against the index
+
+
+def read_jpegs(
+    f: BinaryIO, indices: Sequence[int], where: str, shape: tuple[int, int, int]
+) -> np.ndarray:
+    """Frames ``indices`` of a ``.jpgs`` blob as uint8 (T, H, W, 3); only those are decoded.
+
+    Args:
+        f: The blob, open (a file, or a shard member in memory).
+        indices: Stored frame numbers (repeats are decoded once).
+        where: The file's name, for errors.
+        shape: (count, H, W) the index says the blob holds.
 
     Raises:
-        MediaError: not a frame cache file, or a truncated one (e.g. a full disk).
-        OSError: the file cannot be opened, or a JPEG in it is corrupt.
+        MediaError: not a frame blob, truncated, corrupt, or not the index's shape.
     """
-    head_size = len(JPEG_MAGIC) + 4
-    with open(path, "rb") as f:
-        head = f.read(head_size)
-        if len(head) < head_size or head[: len(JPEG_MAGIC)] != JPEG_MAGIC:
-            raise MediaError(f"{path}: not a frame cache file")
-        (count,) = struct.unpack("<I", head[len(JPEG_MAGIC) :])
-        table = f.read(8 * (count + 1))
-        if len(table) < 8 * (count + 1):
-            raise MediaError(f"{path}: truncated frame cache file (re-run mbt prepare)")
-        offsets = np.frombuffer(table, dtype="<i8")  # (count + 1,)
-        base = f.tell()
-        out = []
-        for i in indices:
-            if not 0 <= i < count:
-                raise MediaError(f"{path}: frame {i} asked, the file holds {count}")
-            f.seek(base + int(offsets[i]))
-            size = int(offsets[i + 1] - offsets[i])
-            data = f.read(size)
-            if len(data) < size:
-                raise MediaError(f"{path}: truncated frame cache file (re-run mbt prepare)")
-            out.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    head = f.read(len(JPEG_MAGIC) + 4)
+    if len(head) < len(JPEG_MAGIC) + 4 or head[: len(JPEG_MAGIC)] != JPEG_MAGIC:
+        raise MediaError(f"{where}: not a frame cache file ({REBUILD})")
+    (count,) = struct.unpack("<I", head[len(JPEG_MAGIC) :])
+    if count != shape[0]:
+        raise MediaError(f"{where}: {count} frames, the index says {shape[0]} ({REBUILD})")
+    offsets = np.frombuffer(f.read(8 * (count + 1)), dtype="<i8")  # (count + 1,)
+    base = f.tell()
+    if len(offsets) < count + 1 or _size(f) < base + int(offsets[-1]):
+        raise MediaError(f"{where}: truncated frame cache file ({REBUILD})")
+    decoded: dict[int, np.ndarray] = {}
+    for i in dict.fromkeys(indices):
+        f.seek(base + int(offsets[i]))
+        try:
+            decoded[i] = simplejpeg.decode_jpeg(f.read(int(offsets[i + 1] - offsets[i])))
+        except ValueError as e:
+            raise MediaError(f"{where}: corrupt JPEG frame {i} ({e})") from e
+        if decoded[i].shape != (*shape[1:], 3):
+            raise MediaError(
+                f"{where}: frame of {decoded[i].shape[1]}x{decoded[i].shape[0]}, the index says "
+                f"{shape[2]}x{shape[1]} ({REBUILD})"
+            )
+    return np.stack([decoded[i] for i in indices])  # (T, H, W, 3)
+
+
+def read_npy_rows(
+    f: BinaryIO, rows: Sequence[int] | slice, where: str, shape: tuple[int, ...], dtype: str
+) -> np.ndarray:
+    """Rows (first-axis entries) of an ``.npy`` file, reading only those; header checked.
+
+    Raises:
+        MediaError: not an npy file, truncated, or not the ``shape`` / ``dtype`` of the index.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            stored, fortran, stored_dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            stored, fortran, stored_dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError) as e:
+        raise MediaError(f"{where}: cannot read the cache file ({e})") from e
+    if tuple(stored) != tuple(shape) or stored_dtype != np.dtype(dtype) or fortran:
+        raise MediaError(
+            f"{where}: {stored_dtype} array of shape {tuple(stored)}, the index says {dtype} "
+            f"{tuple(shape)} ({REBUILD})"
+        )
+    row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    base = f.tell()
+    if _size(f) < base + row * shape[0]:
+        raise MediaError(f"{where}: truncated cache file ({REBUILD})")
+    if isinstance(rows, slice):
+        start, stop, _ = rows.indices(shape[0])
+        f.seek(base + start * row)
+        data = f.read(max(0, stop - start) * row)
+        return np.frombuffer(data, dtype=dtype).reshape(-1, *shape[1:])
+    out = []
+    for i in rows:
+        f.seek(base + int(i) * row)
+        out.append(np.frombuffer(f.read(row), dtype=dtype).reshape(shape[1:]))
     return np.stack(out)
+
+
+def _size(f: BinaryIO) -> int:
+    """Bytes in ``f`` (a file or an in-memory buffer)."""
+    here = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(here)
+    return end
+
+
+class CacheReader:
+    """:class:`mbt.data.clip.ClipReader` over cache entries (frames and log-mel files).
+
+    Reads only the frames and log-mel rows asked for. A file that is missing, truncated or not
+    what the index says raises a one-line :class:`MediaError` naming it, like a broken media
+    file. Subclasses read the files from elsewhere by overriding :meth:`open`.
+
+    Args:
+        folder: The cache folder (files under ``folder / "clips"``).
+        entries: The index entries by clip key.
+        mel_bins: F of the stored log-mels.
+    """
+
+    def __init__(self, folder: Path, entries: dict[str, dict[str, Any]], mel_bins: int) -> None:
+        self.folder = folder
+        self.entries = entries
+        self.mel_bins = mel_bins
+
+    def open(self, key: str, name: str) -> tuple[BinaryIO, str]:
+        """The file ``name`` of clip ``key``, open for reading, and how to name it in errors."""
+        path = self.folder / "clips" / name
+        try:
+            return open(path, "rb"), str(path)
+        except OSError as e:
+            raise MediaError(f"{path}: cannot read the cache file ({e.strerror}; {REBUILD})") from e
+
+    def video_info(self, clip: Clip) -> tuple[float, float]:
+        e = self.entries[clip.key]
+        return e["duration"], e["source_fps"]
+
+    def frames(self, clip: Clip, times: Sequence[float]) -> torch.Tensor:
+        """uint8 (T, H, W, 3): the stored frame nearest to each time (ties to the earlier)."""
+        e = self.entries[clip.key]
+        fps, n = e["fps"], e["num_frames"]
+        idx = [min(n - 1, max(0, math.ceil(t * fps - 0.5))) for t in times]
+        f, where = self.open(clip.key, e["frames"])
+        with f:
+            if e["frames"].endswith(".jpgs"):
+                frames = read_jpegs(f, idx, where, (n, e["height"], e["width"]))
+            else:
+                shape = (n, e["height"], e["width"], 3)
+                frames = read_npy_rows(f, idx, where, shape, "uint8")
+        return torch.from_numpy(frames)  # (T, H, W, 3)
+
+    def audio_frames(self, clip: Clip) -> int:
+        """Log-mel rows of the whole track (0: no sound), from the index."""
+        return self.entries[clip.key].get("fbank_rows", 0)
+
+    def fbank(self, clip: Clip, start: int = 0, count: int | None = None) -> torch.Tensor:
+        """float32 (<= count, F): rows [start, start + count) of the whole track's log-mel."""
+        e = self.entries[clip.key]
+        rows = e["fbank_rows"]
+        stop = rows if count is None else min(rows, start + count)
+        f, where = self.open(clip.key, e["fbank"])
+        with f:
+            x = read_npy_rows(f, slice(start, stop), where, (rows, self.mel_bins), "float16")
+        return torch.from_numpy(x.astype(np.float32))  # (<= count, F)
 
 
 # ---------------------------------------------------------------------------------------------
 # worker pool with a per-file timeout
 
 
-def _worker_main(conn: Any, fn: Callable[[Any], Any]) -> None:
+def _worker_main(conn: Any, fn: Callable[[Any], Any], parent_end: Any) -> None:
+    # A forked worker starts with a copy of the parent's end of its pipe: closed, the worker
+    # sees EOF and exits when the parent dies, even by SIGKILL (else it would wait forever).
+    parent_end.close()
     torch.set_num_threads(1)  # parallelism comes from the processes
     while True:
         try:
@@ -209,7 +469,7 @@ class _Worker:
 
     def __init__(self, ctx: Any, fn: Callable[[Any], Any]) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, fn), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, fn, self.conn), daemon=True)
         self.process.start()
         child.close()
         self.job: Any = None
@@ -301,6 +561,64 @@ def run_jobs(
 # prepare
 
 
+@contextlib.contextmanager
+def cache_lock(out: Path, wait: bool = False) -> Iterator[None]:
+    """Hold ``out/prepare.lock`` for one writer at a time.
+
+    A POSIX record lock (``fcntl.lockf``), not ``flock``: it belongs to this process only, so
+    the decoding processes forked while it is held do not hold it too (a hung decoder that
+    outlived a killed parent would otherwise keep the cache locked), and the system drops it
+    when the process dies however it dies: no stale lock to clean up.
+
+    Raises:
+        CacheBusyError: another process holds it and ``wait`` is False.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    with _HELD_GUARD:  # POSIX locks do not exclude their own process: this set does
+        if str(path.resolve()) in _HELD:
+            raise CacheBusyError(f"{out}: this process is already writing this cache")
+        _HELD.add(str(path.resolve()))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _lock_holder(path)
+                if not wait:
+                    raise CacheBusyError(
+                        f"{out}: another `mbt prepare` ({holder}) is writing this cache; wait "
+                        "for it (prepare --wait) or use another --out"
+                    ) from None
+                print(f"{out}: waiting for the `mbt prepare` writing it ({holder}) ...")
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+        note = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode(), 0)
+        yield
+        os.ftruncate(fd, 0)  # at rest the file says nothing (the same bytes after every run)
+    finally:
+        os.close(fd)  # releases the lock
+        with _HELD_GUARD:
+            _HELD.discard(str(path.resolve()))
+
+
+_HELD: set[str] = set()  # the lock files this process holds
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds the lock, as its holder wrote it (read by a process that holds no lock on
+    ``path``: with POSIX locks, closing any descriptor of the file drops the process's lock)."""
+    try:
+        return path.read_text().strip() or "starting"
+    except OSError:
+        return "unknown process"
+
+
+# Longer than 60 lines only for its signature and docstring: one keyword per option of
+# `mbt prepare`; the body is its steps.
 def prepare(
     root: str | Path | None,
     out: str | Path,
@@ -310,10 +628,11 @@ def prepare(
     workers: int = 2,
     timeout: float = 60.0,
     progress: bool = True,
-    max_fps: float = 25.0,
+    fps: float | None = None,
     frame_format: Literal["jpeg", "npy"] = "jpeg",
-    jpeg_quality: int = 90,
+    jpeg_quality: int = JPEG_QUALITY,
     retry_failed: bool = False,
+    wait: bool = False,
     index: DataIndex | None = None,
     decode: Callable[[_Job], dict[str, Any]] = decode_clip,
 ) -> PrepareReport:
@@ -322,36 +641,47 @@ def prepare(
     Args:
         root: Data set (as for :func:`mbt.data.layouts.scan`; None: ``cfg.root``).
         out: Cache folder (created).
-        cfg: Data options (layout, splits, ``missing_audio``, ``resize_short``).
+        cfg: Data options (layout, splits, ``missing_audio``, ``resize_short``, and
+            ``sampling`` / ``frame_stride``, which decide the frames stored).
         model_cfg: ``image_size`` (for the default short side), ``mel_bins``, ``modalities``.
         workers: Decoding processes.
         timeout: Seconds one file may take; a slower (hung) file is killed and skipped.
         progress: Print the scan report, a progress bar (in a terminal) and the summary.
-        max_fps: Frame rate kept; clips with a higher rate are subsampled to it.
-        frame_format: ``"jpeg"`` (about 10x smaller) or ``"npy"`` (raw uint8, bit-exact).
-        jpeg_quality: JPEG quality 1-95.
+        fps: Store at most this many frames per second (``source_fps / k``); None: what
+            ``cfg.sampling`` needs (module docstring). At least the source rate: every frame.
+        frame_format: ``"jpeg"`` (4:2:0) or ``"npy"`` (raw uint8, bit-exact, ~15x larger).
+        jpeg_quality: JPEG quality 1-100.
         retry_failed: Decode files that failed in an earlier run again even if unchanged.
+        wait: Wait for another prepare run writing ``out`` to finish instead of refusing.
         index: An already scanned data set (skips the scan).
         decode: The per-clip decode function (tests inject hanging or crashing ones).
 
     Returns:
         A :class:`PrepareReport`.
+
+    Raises:
+        CacheBusyError: another prepare run is writing ``out`` (and not ``wait``).
     """
     start = time.monotonic()
     out = Path(out)
-    settings = _settings(cfg, model_cfg, max_fps, frame_format, jpeg_quality)
-    index = index if index is not None else _scan(root, cfg, model_cfg)
-    if progress:
-        print(index.report.format())
-    (out / "clips").mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / "clips"):  # what a run killed mid-write left
-        remove_temporaries(folder, dead_only=True)
-    report = PrepareReport(out=str(out), scan=index.report.format())
-    cache = _IndexFile(out, settings, index)
-    jobs = cache.plan(retry_failed, report)
-    _decode_all(jobs, decode, cache, report, workers=workers, timeout=timeout, progress=progress)
-    _remove_stale(out, cache.entries)
-    _summarise(report, cache, start)
+    settings = cache_settings(
+        cfg, model_cfg, fps=fps, frame_format=frame_format, jpeg_quality=jpeg_quality
+    )
+    with cache_lock(out, wait):
+        index = index if index is not None else _scan(root, cfg, model_cfg)
+        if progress:
+            print(index.report.format())
+        (out / "clips").mkdir(parents=True, exist_ok=True)
+        for folder in (out, out / "clips"):  # what a run killed mid-write left
+            remove_temporaries(folder, dead_only=True)
+        report = PrepareReport(out=str(out), scan=index.report.format())
+        cache = _IndexFile(out, settings, index)
+        jobs = cache.plan(retry_failed, report)
+        _decode_all(
+            jobs, decode, cache, report, workers=workers, timeout=timeout, progress=progress
+        )
+        _remove_stale(out, cache.entries)
+        _summarise(report, cache, start)
     if progress:
         print(report.format())
     return report
@@ -374,7 +704,7 @@ def _decode_all(
     def on_done(job: _Job, status: str, value: Any) -> None:
         if status == "error" and value.startswith(f"{DiskFullError.__name__}: "):
             # No fault of the clip: stop, rather than file a failure a re-run would not retry.
-            raise DiskFullError(job.frames_path, message=value.split(": ", 1)[1])
+            raise DiskFullError(job.stem, message=value.split(": ", 1)[1])
         cache.record(job.key, status, value)
         report.processed += status == "ok"
         bar.update(1)
@@ -403,82 +733,83 @@ def _summarise(report: PrepareReport, cache: _IndexFile, start: float) -> None:
     report.seconds = time.monotonic() - start
 
 
-def _settings(
-    cfg: DataConfig, model_cfg: ModelConfig, max_fps: float, frame_format: str, jpeg_quality: int
-) -> dict[str, Any]:
-    """What the cached files depend on: a cache built with other settings is rebuilt."""
-    if frame_format == "jpeg" and Image is None:
-        frame_format = "npy"
-    if frame_format not in ("jpeg", "npy"):
-        raise ValueError(f"frame_format must be 'jpeg' or 'npy', got {frame_format!r}")
-    if max_fps <= 0:
-        raise ValueError(f"max_fps must be > 0, got {max_fps}")
-    return {
-        "version": CACHE_VERSION,
-        "short_side": resolve_short_side(model_cfg, cfg),
-        "max_fps": max_fps,
-        "mel_bins": model_cfg.mel_bins,
-        "frame_format": frame_format,
-        "jpeg_quality": jpeg_quality if frame_format == "jpeg" else None,
-    }
-
-
 class _IndexFile:
     """``index.json`` while :func:`prepare` rebuilds it: the clips kept so far, the failures,
     and what the previous run left (reused when neither the settings nor the file changed)."""
 
     def __init__(self, out: Path, settings: dict[str, Any], index: DataIndex) -> None:
         self.out, self.settings, self.index = out, settings, index
+        self.id = settings_id(settings)
+        self.root = Path(index.report.root).resolve()
         self.clips = {c.key: c for s in ("train", "val", "test") for c in index.split(s)}
         self.entries: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, dict[str, Any]] = {}
-        old = _load_index(out / "index.json", quiet=True)
-        same = old is not None and old.get("settings") == settings
-        self.old_entries = old.get("clips", {}) if same else {}
-        self.old_failed = old.get("failed", {}) if same else {}
+        old = _load_index(out / "index.json", quiet=True) or {}
+        self.old_entries = old.get("clips", {})
+        self.old_failed = old.get("failed", {})
         self.written = time.monotonic()
 
     def plan(self, retry_failed: bool, report: PrepareReport) -> list[_Job]:
-        """Reuse the unchanged clips, keep the unchanged failures; the rest are jobs."""
+        """Reuse the unchanged clips made with these settings, keep the unchanged failures;
+        the rest are jobs."""
         jobs = []
         for key, clip in sorted(self.clips.items()):
             src = _stamps(clip)
             prev, prev_fail = self.old_entries.get(key), self.old_failed.get(key)
-            if prev is not None and prev["src"] == src and _files_exist(self.out, prev):
+            if self._reusable(prev, src):
                 # Labels and groups come from this scan: class ids shift when classes change.
                 decoded = {k: prev[k] for k in DECODED_FIELDS if k in prev}
-                self.entries[key] = _clip_entry(clip, decoded, src)
+                self.entries[key] = self._entry(clip, decoded, src)
                 report.reused += 1
-            elif prev_fail is not None and prev_fail["src"] == src and not retry_failed:
+            elif self._reusable(prev_fail, src, files=False) and not retry_failed:
                 self.failed[key] = prev_fail  # a hang would cost the timeout again
             else:
                 jobs.append(self._job(clip))
         return jobs
 
+    def _reusable(
+        self, prev: dict[str, Any] | None, src: dict[str, Any], files: bool = True
+    ) -> bool:
+        """An earlier entry (or failure) of the same file, made with these settings."""
+        if prev is None or prev.get("src") != src or prev.get("settings") != self.id:
+            return False
+        return not files or all((self.out / "clips" / n).is_file() for n in _files({"": prev}))
+
     def _job(self, clip: Clip) -> _Job:
-        st = self.settings
         return _Job(
             key=clip.key, video=str(clip.video) if clip.video else None,
             audio=str(clip.audio) if clip.audio else None, has_audio=clip.has_audio,
-            frames_path=str(self.out / "clips" / _safe_name(clip.key)),
-            short_side=st["short_side"], max_fps=st["max_fps"], mel_bins=st["mel_bins"],
-            frame_format=st["frame_format"], jpeg_quality=st["jpeg_quality"] or 0,
+            stem=str(self.out / "clips" / f"{_safe_name(clip.key)}-{self.id}"),
+            settings=self.settings,
         )  # fmt: skip
+
+    def _entry(self, clip: Clip, decoded: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "video": _relative(clip.video, self.root),
+            "audio": _relative(clip.audio, self.root),
+            "labels": list(clip.labels),
+            "group": clip.group,
+            "src": src,
+            "settings": self.id,
+            **decoded,
+        }
 
     def record(self, key: str, status: str, value: Any) -> None:
         """File a finished job: its entry (``"ok"``: ``value`` is decode's) or its failure."""
         clip = self.clips[key]
         src = _stamps(clip)
         if status == "ok":
-            self.entries[key] = _clip_entry(clip, value, src)
+            self.entries[key] = self._entry(clip, value, src)
         else:
-            self.failed[key] = {"file": str(clip.video or clip.audio), "reason": value, "src": src}
+            file = str(clip.video or clip.audio)
+            self.failed[key] = {"file": file, "reason": value, "src": src, "settings": self.id}
 
     def write(self, every: float = 0.0) -> None:
         """Write ``index.json`` atomically (if ``every`` seconds passed since the last time)."""
         if time.monotonic() - self.written < every:
             return
         data = {
+            "root": str(self.root),
             "settings": self.settings,
             "classes": self.index.classes,
             "multi_label": self.index.multi_label,
@@ -489,8 +820,16 @@ class _IndexFile:
             "clips": self.entries,
             "failed": self.failed,
         }
-        _write_atomic(self.out / "index.json", json.dumps(data, indent=1).encode())
+        write_atomic(self.out / "index.json", json.dumps(data, indent=1), FULL)
         self.written = time.monotonic()
+
+
+def _relative(path: Path | None, root: Path) -> str | None:
+    """``path`` relative to the data root (as POSIX), or absolute if it lies outside it."""
+    if path is None:
+        return None
+    p = path.resolve()
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
 
 
 def _stamps(clip: Clip) -> dict[str, list[int] | None]:
@@ -511,24 +850,9 @@ def _safe_name(key: str) -> str:
     return f"{readable}-{zlib.crc32(key.encode()):08x}"
 
 
-def _clip_entry(clip: Clip, decoded: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "video": str(clip.video) if clip.video else None,
-        "audio": str(clip.audio) if clip.audio else None,
-        "labels": list(clip.labels),
-        "group": clip.group,
-        "src": src,
-        **decoded,
-    }
-
-
 def _files(entries: dict[str, dict[str, Any]]) -> list[str]:
     """The clip files the entries point to."""
     return [e[k] for e in entries.values() for k in ("frames", "fbank") if k in e]
-
-
-def _files_exist(out: Path, entry: dict[str, Any]) -> bool:
-    return all((out / "clips" / name).is_file() for name in _files({"": entry}))
 
 
 def _remove_stale(out: Path, entries: dict[str, dict[str, Any]]) -> None:
@@ -543,6 +867,11 @@ def _load_index(path: Path, quiet: bool = False) -> dict[str, Any] | None:
     if not path.is_file():
         if quiet:
             return None
+        if (path.parent / "shards.json").is_file():
+            raise ValueError(
+                f"{path.parent}: a shard folder (mbt prepare --shards), read by training "
+                "(data.cache) or mbt.data.shards.ShardStream, not as a clip cache"
+            )
         raise ValueError(f"{path}: no cache index (run `mbt prepare` first)")
     try:
         return json.loads(path.read_text())
@@ -553,51 +882,7 @@ def _load_index(path: Path, quiet: bool = False) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading
-
-
-class CacheReader:
-    """:class:`mbt.data.clip.ClipReader` over a prepared cache folder.
-
-    A cache file that is missing, truncated (a full disk, an interrupted copy) or not what the
-    index says raises a one-line :class:`MediaError` naming it, like a broken media file.
-    """
-
-    def __init__(self, folder: Path, entries: dict[str, dict[str, Any]]) -> None:
-        self.folder = folder
-        self.entries = entries
-
-    def video_info(self, clip: Clip) -> tuple[float, float]:
-        e = self.entries[clip.key]
-        return e["duration"], e["source_fps"]
-
-    def frames(self, clip: Clip, times: Sequence[float]) -> torch.Tensor:
-        e = self.entries[clip.key]
-        # The frame nearest to each time (ties to the earlier one), as read_frames picks.
-        fps, n = e["fps"], e["num_frames"]
-        idx = [min(n - 1, max(0, math.ceil(t * fps - 0.5))) for t in times]
-        path = self.folder / "clips" / e["frames"]
-        if e["frames"].endswith(".jpgs"):
-            try:
-                return torch.from_numpy(read_jpegs(path, idx))  # (T, H, W, 3)
-            except OSError as err:  # unreadable file, or a corrupt JPEG in it
-                raise MediaError(f"{path}: cannot read cached frames ({err})") from err
-        frames = _load_npy(path, mmap=True)  # (N, H, W, 3)
-        if len(frames) < n:
-            raise MediaError(f"{path}: {len(frames)} frames, the index says {n}")
-        return torch.from_numpy(frames[idx].copy())  # (T, H, W, 3)
-
-    def fbank(self, clip: Clip) -> torch.Tensor:
-        path = self.folder / "clips" / self.entries[clip.key]["fbank"]
-        return torch.from_numpy(_load_npy(path).astype(np.float32))  # (N_a, F)
-
-
-def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
-    """``np.load``; a missing, truncated or foreign file is a :class:`MediaError`."""
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError, EOFError) as err:  # ValueError / EOFError: truncated
-        raise MediaError(f"{path}: cannot read the cache file ({err})") from err
+# the data set
 
 
 class CachedDataset(AVDataset):
@@ -623,45 +908,42 @@ class CachedDataset(AVDataset):
         on_error: Literal["raise", "skip"] = "raise",
     ) -> None:
         folder = Path(folder)
-        data = _open_index(folder, model_cfg, data_cfg)
+        data = open_index(folder, model_cfg, data_cfg)
         if split not in data["splits"]:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         entries = data["clips"]
-        clips = [_clip(key, entries[key]) for key in data["splits"][split]]
+        clips = [entry_clip(key, entries[key], data["root"]) for key in data["splits"][split]]
         super().__init__(
             clips, data["classes"], model_cfg, data_cfg, train=train,
             multi_label=data["multi_label"], views=views, crops=crops, seed=seed,
-            on_error=on_error, reader=CacheReader(folder, entries),
+            on_error=on_error, reader=CacheReader(folder, entries, model_cfg.mel_bins),
         )  # fmt: skip
 
 
-def _open_index(folder: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
-    """The cache's index, refused (ValueError) if it was built for other inputs."""
+def read_index(folder: Path) -> dict[str, Any]:
+    """The cache's ``index.json`` (ValueError, one line, if there is none or it is not one)."""
     data = _load_index(folder / "index.json")
-    gone = [k for k in ("settings", "classes", "multi_label", "splits", "clips") if k not in data]
+    keys = ("root", "settings", "classes", "multi_label", "splits", "clips")
+    gone = [k for k in keys if k not in data]
+    if gone == ["root"]:  # written before the index had a data root
+        raise ValueError(f"{folder}: written by an older mbt (cache format 1): {REBUILD}")
     if gone:
         raise ValueError(f"{folder / 'index.json'}: not a cache index (no {', '.join(gone)})")
-    settings = data["settings"]
-    if settings.get("version") != CACHE_VERSION:
-        raise ValueError(f"{folder}: cache version {settings.get('version')}, re-run prepare")
-    want = {
-        "short_side": resolve_short_side(model_cfg, data_cfg),
-        "mel_bins": model_cfg.mel_bins,
-    }
-    for name, value in want.items():
-        if settings.get(name) != value:
-            raise ValueError(
-                f"{folder}: cache built with {name}={settings.get(name)}, the config needs "
-                f"{value}; re-run `mbt prepare` with this config"
-            )
     return data
 
 
-def _clip(key: str, e: dict[str, Any]) -> Clip:
-    """The :class:`Clip` of an index entry."""
+def open_index(folder: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> dict[str, Any]:
+    """The cache's index, refused (ValueError) if it was built for other inputs."""
+    data = read_index(folder)
+    check_settings(data, model_cfg, data_cfg, folder)
+    return data
+
+
+def entry_clip(key: str, e: dict[str, Any], root: str) -> Clip:
+    """The :class:`Clip` of an index entry (media paths relative to the data ``root``)."""
     return Clip(
-        video=Path(e["video"]) if e["video"] else None,
-        audio=Path(e["audio"]) if e["audio"] else None,
+        video=Path(root, e["video"]) if e["video"] else None,
+        audio=Path(root, e["audio"]) if e["audio"] else None,
         labels=tuple(e["labels"]),
         key=key,
         group=e["group"],

@@ -39,7 +39,7 @@ from mbt.data.audio import (
     pad_or_cut,
 )
 from mbt.data.layouts import Clip
-from mbt.data.transforms import NORMALIZATIONS, VideoTransform, spec_augment
+from mbt.data.transforms import VideoTransform, normalize_video, spec_augment
 from mbt.data.video import (
     MediaError,
     open_media,
@@ -142,7 +142,8 @@ def load_views(
         generator: Random source of the sampling and augmentation (training).
 
     Returns:
-        ``video`` float32 (V, T, 3, S, S) if the model reads video, ``audio`` float32
+        ``video`` uint8 (V, T, 3, S, S) if the model reads video (normalised on the device by
+        :func:`~mbt.data.transforms.normalize_video`), ``audio`` float32
         (V, T_a, F) normalised log-mel if it reads audio (zeros for a clip without sound); the
         crops of one temporal view share its sound.
 
@@ -217,8 +218,7 @@ def _video_transform(
 ) -> VideoTransform:
     return VideoTransform(
         model_cfg.image_size, train=train, resize_short=resolve_short_side(model_cfg, data_cfg),
-        crop_scale=data_cfg.crop_scale, hflip=data_cfg.hflip,
-        normalization=data_cfg.normalization, crops=crops,
+        crop_scale=data_cfg.crop_scale, hflip=data_cfg.hflip, crops=crops,
     )  # fmt: skip
 
 
@@ -337,13 +337,13 @@ def clip_inputs_from_file(
     clip = _file_clip(Path(video), Path(audio) if audio is not None else None, model_cfg)
     reader = MediaReader(resolve_short_side(model_cfg, data_cfg), model_cfg.mel_bins)
     inputs = load_views(reader, clip, model_cfg, data_cfg, train=False, views=views, crops=crops)
-    x = inputs.get("video")  # (V, T, 3, S, S)
+    pixels = inputs.get("video")  # uint8 (V, T, 3, S, S)
+    x = None if pixels is None else normalize_video(pixels, data_cfg.normalization)
     a = inputs.get("audio") if clip.has_audio else None  # (V, T_a, F); zeros without sound
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[data_cfg.normalization])
     return {
         "video": x,
         "audio": a,
-        "frames": None if x is None else (x * std + mean).clamp(0, 1).permute(0, 1, 3, 4, 2),
+        "frames": None if x is None else pixels.permute(0, 1, 3, 4, 2) / 255.0,
         "fbank": None if a is None else a * (2 * data_cfg.audio_std) + data_cfg.audio_mean,
         "has_audio": clip.has_audio,
     }

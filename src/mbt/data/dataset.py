@@ -2,12 +2,15 @@
 
 One item of :class:`AVDataset` is a dict::
 
-    video     float32 (T, 3, S, S)        eval with views > 1: (V, T, 3, S, S)
+    video     uint8 (T, 3, S, S)          cropped pixels; eval with views > 1: (V, T, 3, S, S)
     audio     float32 (T_a, F)            normalised log-mel;  eval with views > 1: (V, T_a, F)
     has_audio bool                        False: the clip has no sound, ``audio`` is zeros
     label     int64 ()                    multi-label: float32 (C,) multi-hot
     index     int                         position in the dataset (``dataset.clips[index]``)
 
+``video`` is uint8 (a quarter of the bytes of float32 to collate and copy to the device): the
+training step and evaluation normalise it on the device with
+:func:`mbt.data.transforms.normalize_video` (``data.normalization``).
 ``video`` / ``audio`` are present only if ``model_cfg.modalities`` names them. V is
 ``views * crops`` (temporal views outer, crops inner); items are multi-view whenever V > 1,
 so ``crops=3`` with a single temporal view gives V = 3.

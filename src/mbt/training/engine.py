@@ -5,7 +5,7 @@ per epoch; :func:`collect_logits` is the evaluation pass that ``mbt evaluate`` s
 
 One training step::
 
-    batch -> model_inputs -> soft targets -> [mixup, label smoothing, modality dropout]
+    batch -> model_inputs (to the device, normalise uint8 video) -> soft targets -> [mixup, label smoothing, modality dropout]
       -> net(video, audio, per_modality=True) under autocast -> training_loss -> finite?
       -> scaled backward (no_sync inside an accumulation group) -> at the group's end:
          [average grads by hand] -> clip -> optimizer + GradScaler step -> schedule step
@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mbt.config import RunConfig
-from mbt.data.transforms import mixup
+from mbt.data.transforms import mixup, normalize_video
 from mbt.progress import progress_bar
 from mbt.training import distributed as dist
 from mbt.training.metrics import classification_metrics
@@ -58,10 +58,14 @@ def autocast(device: torch.device, precision: str):
 
 
 def model_inputs(
-    batch: dict, modalities: Iterable[str], device: torch.device
+    batch: dict, modalities: Iterable[str], device: torch.device, normalization: str
 ) -> dict[str, torch.Tensor]:
-    """``{"video": ..., "audio": ...}`` for the modalities the model was built with."""
-    return {m: batch[m].to(device, non_blocking=True) for m in modalities}
+    """``{"video": ..., "audio": ...}`` for the modalities the model was built with, on
+    ``device``; uint8 video (the item contract) is normalised there (``data.normalization``)."""
+    inputs = {m: batch[m].to(device, non_blocking=True) for m in modalities}
+    if "video" in inputs:  # copied as uint8: a quarter of the bytes of float32
+        inputs["video"] = normalize_video(inputs["video"], normalization)
+    return inputs
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, multi_label: bool) -> torch.Tensor:
@@ -262,7 +266,7 @@ def _augmented(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Inputs and (B, C) soft targets after mixup, label smoothing and modality dropout."""
     tc, cfg = engine.cfg.train, engine.model.cfg
-    inputs = model_inputs(batch, cfg.modalities, engine.info.device)
+    inputs = model_inputs(batch, cfg.modalities, engine.info.device, engine.cfg.data.normalization)
     targets = soft_targets(batch["label"], cfg.num_classes, engine.multi_label)
     targets = targets.to(engine.info.device)
     if tc.mixup_alpha > 0:
@@ -368,6 +372,8 @@ def collect_logits(
     variants: dict[str, dict] | None = None,
     desc: str = "eval",
     show: bool = True,
+    *,
+    normalization: str,
 ) -> tuple[Logits, torch.Tensor, torch.Tensor]:
     """Run ``model`` over ``loader`` and gather the logits of every clip on every process.
 
@@ -383,6 +389,7 @@ def collect_logits(
             input or ``{"no_fusion": {"fuse": False}}``; default ``{"fusion": {}}``.
         desc: progress-bar label.
         show: progress bar on this process (drawn only on a terminal).
+        normalization: the run's ``data.normalization`` (items carry uint8 video).
 
     Returns:
         ``({variant: logits (N, C) float32}, targets (N,) or (N, C), clip indices (N,))``, in
@@ -395,7 +402,7 @@ def collect_logits(
     for batch in progress_bar(iterable=loader, desc=desc, disable=not show, leave=False):
         if batch is None:  # every clip of the batch failed to decode
             continue
-        inputs = model_inputs(batch, model.cfg.modalities, device)
+        inputs = model_inputs(batch, model.cfg.modalities, device, normalization)
         logits = _view_averaged_logits(model, inputs, variants, device, precision)
         for name, lg in logits.items():
             out[name].append(lg.cpu())
@@ -461,6 +468,7 @@ def validate(engine: Engine, loader: DataLoader, epoch: int) -> dict[str, float]
     logits, labels, _ = collect_logits(
         engine.model, loader, engine.info.device, engine.precision,
         desc=f"val {epoch + 1}", show=engine.info.is_main,
+        normalization=engine.cfg.data.normalization,
     )  # fmt: skip
     scores = logits["fusion"]
     targets = soft_targets(labels, scores.shape[1], engine.multi_label)

@@ -89,8 +89,9 @@ def evaluate_run(
     prec = inference_precision(cfg.train.precision, precision, dev)
     start = time.perf_counter()
     logits, labels, _ = collect_logits(
-        loaded.model, loader, dev, prec, variants, desc=f"evaluate {split}"
-    )
+        loaded.model, loader, dev, prec, variants, desc=f"evaluate {split}",
+        normalization=cfg.data.normalization,
+    )  # fmt: skip
     check_finite(logits, loaded.folder)
     out = {
         "run_dir": str(run_dir),

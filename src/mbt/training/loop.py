@@ -7,7 +7,8 @@ A run, step by step (:func:`_train` reads as this list)::
     load_init_weights model.init (ViT) and model.audio_init (AST), read before the data: a
                       missing weight file fails at once (new runs only)
     setup_data        [unpack a .zip] -> scan(data) -> train / val AVDataset or CachedDataset
-                      -> DataLoaders (DistributedSampler seeded per epoch; ShardSampler for val)
+                      -> DataLoaders (DistributedSampler seeded per epoch; ShardSampler for val),
+                      or ShardStreams of a shard folder (ShardPlan per epoch, ShardLoader)
     build_engine      seed -> MBT -> [ViT, AST init] -> [DDP, compile] -> optimizer, schedule,
                       scaler
     restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
@@ -63,6 +64,7 @@ from mbt.data.archive import open_data_path
 from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
+from mbt.data.shards import ShardLoader, ShardPlan, ShardStream, is_shard_folder
 from mbt.files import atomic_path, remove_temporaries, write_atomic
 from mbt.model import MBT
 from mbt.model.inits import InitWeights, apply_init, load_init_weights
@@ -118,7 +120,8 @@ def scan_data(cfg: RunConfig) -> DataIndex | None:
 def open_split(
     cfg: RunConfig, split: str, index, *, train: bool, views: int = 1, crops: int | None = None
 ) -> Dataset:
-    """One split as an ``AVDataset`` (from ``data.cache`` when set, else decoded media).
+    """One split as an ``AVDataset`` (from ``data.cache`` when set, else decoded media), or
+    a :class:`~mbt.data.shards.ShardStream` when ``data.cache`` is a shard folder.
 
     ``views`` temporal views x ``crops`` spatial crops per clip (None: the data set's default,
     i.e. ``data.test_crops`` only with several views; per-epoch validation stays one view).
@@ -126,6 +129,11 @@ def open_split(
     A clip that fails to decode is skipped (logged by the data set, dropped by the collate
     function), never replaced by a made-up item.
     """
+    if cfg.data.cache and is_shard_folder(cfg.data.cache):
+        return ShardStream(
+            cfg.data.cache, split, cfg.model, cfg.data, train=train, views=views, crops=crops,
+            seed=cfg.train.seed, on_error="skip",
+        )  # fmt: skip
     return open_dataset(
         cfg.data, cfg.model, split, train=train, views=views, crops=crops,
         seed=cfg.train.seed, on_error="skip", index=index,
@@ -153,8 +161,8 @@ class RunData:
 
     train: Dataset
     val: Dataset
-    sampler: DistributedSampler  # the training order, reseeded every epoch
-    train_loader: DataLoader
+    sampler: DistributedSampler | ShardPlan  # the training order, reseeded every epoch
+    train_loader: DataLoader | ShardLoader
     val_loader: DataLoader
     classes: list[str]
     multi_label: bool
@@ -184,9 +192,17 @@ def setup_data(
     )
     if info.is_main:
         print(
-            f"splits: train {len(train_ds)} clips, val {len(val_ds)} clips, {len(classes)} classes"
+            f"splits: train {_split_size(train_ds)} clips, val {_split_size(val_ds)} clips, "
+            f"{len(classes)} classes"
         )
     tc, workers = cfg.train, cfg.data.num_workers
+    if isinstance(train_ds, ShardStream):  # streamed: the stream splits ranks and workers
+        pin = info.device.type == "cuda"
+        train_loader = ShardLoader(train_ds, tc.batch_size, workers, pin_memory=pin)
+        return cfg, RunData(
+            train_ds, val_ds, train_ds.order, train_loader,
+            make_loader(val_ds, tc.batch_size, None, workers, info.device), classes, multi_label,
+        )  # fmt: skip
     sampler = DistributedSampler(
         train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed
     )
@@ -199,11 +215,16 @@ def setup_data(
     )  # fmt: skip
 
 
+def _split_size(ds: Dataset) -> int:
+    """Clips in a split (a shard stream's ``len`` is what this process reads of it)."""
+    return ds.split_size if isinstance(ds, ShardStream) else len(ds)
+
+
 def _check_splits(cfg: RunConfig, train_ds: Dataset, val_ds: Dataset, multi_label: bool) -> None:
     where = cfg.data.cache or cfg.data.root
-    if len(train_ds) == 0:
+    if _split_size(train_ds) == 0:
         raise ValueError(f"{where}: the training split is empty")
-    if len(val_ds) == 0:
+    if _split_size(val_ds) == 0:
         raise ValueError(f"{where}: the validation split is empty")
     if cfg.train.metric == "map" and not multi_label:
         raise ValueError(
