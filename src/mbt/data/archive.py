@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import time
 import zipfile
 import zlib
@@ -227,9 +228,10 @@ def _finished(target: Path, identity: dict[str, object], archive: Path) -> int |
 def _make_parent(folder: Path, archive: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tmp_name(folder / ".mbt-write-test")
-        probe.touch()
-        probe.unlink()
+        # A unique probe file: callers in other threads of this process probe at the same time.
+        fd, probe = tempfile.mkstemp(prefix=".mbt-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise ValueError(
             f"{archive}: cannot unpack into {folder} ({e.strerror or e}); copy the archive to "
