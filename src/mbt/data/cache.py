@@ -580,9 +580,14 @@ class CacheReader:
             raise MediaError(f"{path}: {len(frames)} frames, the index says {n}")
         return torch.from_numpy(frames[idx].copy())  # (T, H, W, 3)
 
-    def fbank(self, clip: Clip) -> torch.Tensor:
+    def audio_frames(self, clip: Clip) -> int:
         path = self.folder / "clips" / self.entries[clip.key]["fbank"]
-        return torch.from_numpy(_load_npy(path).astype(np.float32))  # (N_a, F)
+        return len(_load_npy(path, mmap=True))  # N_a, from the npy header
+
+    def fbank(self, clip: Clip, start: int, count: int) -> torch.Tensor:
+        path = self.folder / "clips" / self.entries[clip.key]["fbank"]
+        rows = _load_npy(path, mmap=True)[start : start + count]  # (<= count, F) float16
+        return torch.from_numpy(rows.astype(np.float32))
 
 
 def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
