@@ -163,7 +163,7 @@ class MediaReader:
         if track.samples is not None and track.samples > WHOLE_TRACK_S * SAMPLE_RATE:
             return fbank_rows(track.samples)  # from the header; windows decode alone
         wav = track.read()  # (N,) short: the whole track once, every window a slice
-        self._check_end(track, len(wav), track.samples or 0)
+        self._check_end(track, len(wav), track.samples or 0, whole=True)
         files.whole = log_mel(torch.from_numpy(wav), num_mel_bins=self.mel_bins)  # (N_a, F)
         return len(files.whole)
 
@@ -174,20 +174,21 @@ class MediaReader:
         track = files.audio()
         first, n = fbank_span(start, count)
         wav = track.read(first, n)  # (<= n,)
-        self._check_end(track, first + len(wav), first + n)
+        self._check_end(track, first + len(wav), first + n, whole=False)
         return log_mel(torch.from_numpy(wav), num_mel_bins=self.mel_bins)  # (<= count, F)
 
-    def _check_end(self, track: AudioTrack, got: int, wanted: int) -> None:
+    def _check_end(self, track: AudioTrack, got: int, wanted: int, whole: bool) -> None:
         """Apply ``on_short`` when samples up to ``wanted`` were asked for and decoding ended
         at ``got``: raise for a truncated track (unless padding), record what was padded."""
         track.check_end(wanted, pad=self.on_short == "pad")
         if got < wanted and track.truncated:
             sr, promised = track.sample_rate, track.samples or 0
-            self._padded(
-                track.path,
-                f"its sound decodes to {got / sr:.2f} s of {promised / sr:.2f} s; "
-                f"{(wanted - got) / sr:.2f} s of a window read as silence",
+            what = f"its sound decodes to {got / sr:.2f} s of {promised / sr:.2f} s; " + (
+                "windows are cut from what decodes"
+                if whole
+                else f"{(wanted - got) / sr:.2f} s of a window read as silence"
             )
+            self._padded(track.path, what)
 
     def _padded(self, path: str | Path, what: str) -> None:
         """Record (and log once per file and process) a truncated file read with padding."""

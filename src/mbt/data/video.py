@@ -25,6 +25,7 @@ Shape vocabulary: T frames, H x W pixels, 3 RGB channels (uint8, channels last, 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -265,6 +266,7 @@ def _check_sampling(
 # Decoding
 
 LANDING_SLACK_S = 1e-3  # a seek whose first frame comes later than this after the target missed
+SEEK_TRIES = 3  # seeks, each further back, before decoding from the start instead
 
 
 def read_frames(
@@ -429,23 +431,21 @@ class VideoFile:
         """Place the decoder before the ``k``-th wanted time (a seek, or the start), decode on
         and resolve wanted times until all are, a seek reaches the next one sooner, or the
         stream ends. Returns the index in ``order`` of the first unresolved time."""
-        want = times[order[k]]
-        sought = self._place(want, seek)
-        before, prev = self._pos, None  # prev: (time, frame) decoded last in this run
-        for t, frame in self._decoded(sought):
-            if prev is None and sought:
-                if t > want + LANDING_SLACK_S and t > 0:
-                    raise _SeekMissed  # the frames just before `want` were skipped
-                if before is not None and t <= before:
-                    self._seek_ok = False  # a seek went backwards: the index is not to trust
+        start, before, prev = k, self._pos, None  # prev: (time, frame) decoded last in this run
+        frames, sought = self._place(times[order[k]], seek)
+        for t, frame in frames:
+            if prev is None and sought and before is not None and t <= before:
+                self._seek_ok = False  # a seek went backwards: the index is not to trust
             while k < len(order) and times[order[k]] <= t:
                 w = times[order[k]]
                 # the nearer of the previous and this frame; ties go to the earlier frame
                 chosen[order[k]] = prev[1] if prev is not None and w - prev[0] <= t - w else frame
                 k += 1
             prev, self._pos = (t, frame), t
-            if k == len(order) or (seek and self._seek_helps(t, times[order[k]])):
+            if k == len(order):
                 return k
+            if seek and k > start and self._seek_helps(t, times[order[k]]):
+                return k  # (only once this run resolved a time: each run makes progress)
         if prev is None:  # nothing decodes from here
             if sought:
                 raise _SeekMissed
@@ -455,22 +455,34 @@ class VideoFile:
             chosen[j] = prev[1]
         return len(order)
 
-    def _place(self, want: float, seek: bool) -> bool:
-        """Put the demuxer at the keyframe before ``want`` (or the start); True if it sought."""
+    def _place(self, want: float, seek: bool) -> tuple[Iterator[tuple[float, av.VideoFrame]], bool]:
+        """Decoded frames from the keyframe before ``want`` (a seek) or from the start, and
+        whether it sought. A seek whose first frame comes after ``want`` (the demuxer picked
+        its keyframe by decode time, or the index is off) is retried further back."""
         if seek:
             self._keyframe_times()  # now: without an index this reads the packets
-        if seek and self._needs_seek(want):
-            target = self._origin + max(0, int((want - self._half) / self._tb))
+        if not (seek and self._needs_seek(want)):
+            assert self._fresh, "decoding on from a used container without a seek"
             self._fresh = False
+            return self._decoded(sought=False), False
+        self._fresh = False
+        back = 0.0  # seconds before `want - half` to seek to
+        for _ in range(SEEK_TRIES):
+            target = self._origin + max(0, int((want - self._half - back) / self._tb))
             try:
                 self.container.seek(target, stream=self.stream, backward=True)
             except av.FFmpegError as e:
                 raise _SeekMissed from e
             self.count.seeks += 1
-            return True
-        assert self._fresh, "decoding on from a used container without a seek"
-        self._fresh = False
-        return False
+            frames = self._decoded(sought=True)
+            first = next(frames, None)
+            if first is None:  # nothing decodes after it: a cut file
+                raise _SeekMissed
+            t = first[0]
+            if t <= want + LANDING_SLACK_S or t <= 0:
+                return itertools.chain([first], frames), True
+            back = 2 * back + (t - want) + 1.0
+        raise _SeekMissed
 
     def _needs_seek(self, want: float) -> bool:
         """False only when a fresh container reaches ``want`` from its first keyframe."""
