@@ -107,7 +107,8 @@ def load_audio(
     count = None if duration is None else round(duration * sample_rate)
     with AudioTrack(path, sample_rate=sample_rate) as track:
         x = track.read(first, count)
-        track.check_end(first + (len(x) if count is None else count), pad_truncated)
+        wanted = first + count if count is not None else max(first, track.samples or 0)
+        track.check_end(wanted, pad_truncated)  # to the end: as far as the header says
     if count is not None and len(x) < count:  # the file ends before the window does
         x = np.concatenate([x, np.zeros(count - len(x), np.float32)])
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # (N,)

@@ -125,7 +125,7 @@ class MediaReader:
         self.short_side = short_side
         self.mel_bins = mel_bins
         self.on_short = on_short
-        self.padded: dict[str, str] = {}  # file -> what was padded (on_short=pad)
+        self.padded: dict[tuple[str, str], str] = {}  # (file, stream) -> what was padded
         self._done = DecodeCount()  # work of the items closed so far
         self._item: _ItemFiles | None = None
 
@@ -152,6 +152,7 @@ class MediaReader:
         if video.past_end > before:
             self._padded(
                 video.path,
+                "video",
                 f"{video.past_end - before} frame time(s) past its decodable end "
                 f"({video.end:.2f} s of {video.info.duration:.2f} s) got its last frame",
             )
@@ -188,13 +189,13 @@ class MediaReader:
                 if whole
                 else f"{(wanted - got) / sr:.2f} s of a window read as silence"
             )
-            self._padded(track.path, what)
+            self._padded(track.path, "sound", what)
 
-    def _padded(self, path: str | Path, what: str) -> None:
-        """Record (and log once per file and process) a truncated file read with padding."""
-        if str(path) not in self.padded:
+    def _padded(self, path: str | Path, stream: str, what: str) -> None:
+        """Record (and log once per file, stream and process) a truncated file read padded."""
+        if (str(path), stream) not in self.padded:
             log.warning("%s: truncated: %s (data.on_short=pad)", path, what)
-        self.padded[str(path)] = what
+        self.padded[str(path), stream] = what
 
     def _files(self, clip: Clip) -> _ItemFiles:
         """The open files of ``clip``, opened on first use (:meth:`close` ends the item)."""
