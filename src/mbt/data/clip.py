@@ -113,6 +113,8 @@ class MediaReader:
             kept (the crop transforms resize anyway).
         mel_bins: F.
         on_short: ``"pad"``, ``"skip"`` or ``"error"`` (``data.on_short``).
+        threads: FFmpeg decoder threads, ``"AUTO"`` or ``"NONE"``; None: off in data loader
+            workers, on in the main process.
     """
 
     def __init__(
@@ -121,10 +123,12 @@ class MediaReader:
         mel_bins: int,
         *,
         on_short: Literal["pad", "skip", "error"] = "skip",
+        threads: Literal["AUTO", "NONE"] | None = None,
     ) -> None:
         self.short_side = short_side
         self.mel_bins = mel_bins
         self.on_short = on_short
+        self.threads = threads
         self.padded: dict[tuple[str, str], str] = {}  # (file, stream) -> what was padded
         self._done = DecodeCount()  # work of the items closed so far
         self._item: _ItemFiles | None = None
@@ -201,7 +205,7 @@ class MediaReader:
         """The open files of ``clip``, opened on first use (:meth:`close` ends the item)."""
         if self._item is None or self._item.clip != clip:
             self.close()
-            threads = "NONE" if get_worker_info() is not None else "AUTO"
+            threads = self.threads or ("NONE" if get_worker_info() is not None else "AUTO")
             self._item = _ItemFiles(clip, threads)
         return self._item
 
