@@ -47,7 +47,7 @@ import torch
 
 from mbt.config import load_config, replace
 from mbt.data.audio import SAMPLE_RATE, log_mel
-from mbt.data.clip import MediaReader, audio_window_start
+from mbt.data.clip import MediaReader, audio_window_start, load_views
 from mbt.data.dataset import AVDataset, item_generator
 from mbt.data.layouts import Clip
 from mbt.data.video import VideoFile, probe_video, sample_times
@@ -279,14 +279,17 @@ def measure_set(clips: list[Clip], repeats: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # long media: mbt predict in a subprocess
 
+# Peak RSS from VmHWM: getrusage's ru_maxrss survives exec on Linux, so a child forked from a
+# big parent would report the parent's size.
 _PREDICT = """
-import json, resource, sys, time
+import json, re, sys, time
 t0, c0 = time.perf_counter(), time.process_time()
 from mbt.cli import main
 status = main(["predict", *sys.argv[1:], "--json", "--device", "cpu"])
-ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"status": status, "wall_s": time.perf_counter() - t0,
-                  "cpu_s": time.process_time() - c0, "peak_rss_mb": ru.ru_maxrss / 1024}))
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+status_text = open("/proc/self/status").read()
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", status_text).group(1)) / 1024
+print(json.dumps({"status": status, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak}))
 """
 
 
@@ -301,7 +304,8 @@ def predict_run(model: Path, clip: Clip, src: str | None) -> dict[str, float]:
 
 
 def measure_long(folder: Path, src: str | None, repeats: int) -> dict[str, Any]:
-    """predict on 10-s and 10-min files (GOP 250 and GOP 50): medians of ``repeats`` runs."""
+    """predict on 10-s and 10-min files (GOP 250 and GOP 50): medians of ``repeats`` runs of
+    the whole command in a subprocess, and the front-end alone in this process (4 views)."""
     cfg = load_config("mbt_b16_paper")
     model = folder / "model"
     if not (model / "model.safetensors").exists():  # random weights: the cost is the same
@@ -309,6 +313,7 @@ def measure_long(folder: Path, src: str | None, repeats: int) -> dict[str, Any]:
 
         net = MBT(replace(cfg.model, init="", num_classes=10))
         net.save_pretrained(model, class_names=[str(i) for i in range(10)], data=cfg.data)
+        del net
     out: dict[str, Any] = {}
     for gop in (250, 50):
         for seconds in (10, 600):
@@ -318,8 +323,19 @@ def measure_long(folder: Path, src: str | None, repeats: int) -> dict[str, Any]:
             else:
                 clip = write_clip(folder, name, seconds, gop, seed=seconds, loop=20.0)
             runs = [predict_run(model, clip, src) for _ in range(repeats)]
-            out[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "status"}
+            row = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "status"}
+            reader = MediaReader(256, cfg.model.mel_bins)  # threads on, as predict runs it
+            row["inputs_cpu_s"] = cpu_ms(partial(_front_end, reader, clip, cfg), repeats) / 1e3
+            work = reader.count  # (warm-up + repeats) passes
+            row["frames_decoded"] = work.frames // (repeats + 1)
+            row["audio_samples_decoded"] = work.samples // (repeats + 1)
+            out[name] = row
     return out
+
+
+def _front_end(reader: MediaReader, clip: Clip, cfg: Any) -> None:
+    """What predict does before the model: 4 test views of the clip's inputs."""
+    load_views(reader, clip, cfg.model, cfg.data, train=False, views=cfg.data.test_clips)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,9 +391,15 @@ def _print_table(result: dict[str, Any]) -> None:
         print(f"{label:34s}" + "".join(fmt.format(sets[s][key]) for s in sets))
     if "long" in result:
         print("mbt predict (paper preset, 4 views, random weights), subprocess, median of runs:")
-        print(f"{'file':24s}{'wall s':>9s}{'cpu s':>9s}{'peak RSS MB':>13s}")
+        print(
+            f"{'file':20s}{'wall s':>8s}{'cpu s':>8s}{'peak RSS MB':>12s}"
+            f"{'inputs cpu s':>13s}{'frames':>8s}{'samples':>10s}"
+        )
         for name, r in result["long"].items():
-            print(f"{name:24s}{r['wall_s']:9.2f}{r['cpu_s']:9.2f}{r['peak_rss_mb']:13.0f}")
+            print(
+                f"{name:20s}{r['wall_s']:8.2f}{r['cpu_s']:8.2f}{r['peak_rss_mb']:12.0f}"
+                f"{r['inputs_cpu_s']:13.2f}{r['frames_decoded']:8d}{r['audio_samples_decoded']:10d}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

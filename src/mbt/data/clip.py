@@ -7,7 +7,11 @@ normalises, for V = ``views * crops`` views (temporal views outer, crops inner).
 :class:`mbt.data.dataset.AVDataset` calls it for every item; :func:`clip_inputs_from_file`
 calls it for one media file (predict, explain).
 
-Audio alignment: the audio window (``model_cfg.audio_frames`` x 10 ms) is cut from the clip's
+What is read: the frames of every view in one pass, and per view only its audio window: rows
+``[start, start + audio_frames)`` of the whole track's log-mel, placed from the track's length
+(``reader.audio_frames``) and read alone (``reader.fbank``).
+
+Audio alignment: the audio window (``model_cfg.audio_frames`` x 10 ms) is a slice of the clip's
 whole log-mel. In ``window`` sampling it is centred on the centre of the sampled video window,
 clamped to the sound's length; in ``uniform`` sampling the video window is the whole clip, so
 the audio window is placed like a video window of its own: random in training, centred at test,
@@ -15,7 +19,9 @@ or evenly spread over the clip for the temporal views. A window past the end of 
 zero-padded before normalising, as AST does (:func:`mbt.data.audio.pad_or_cut`).
 
 Errors: a reader's media errors (:class:`MediaError`, FFmpeg errors, ``OSError``) come out as
-one-line :class:`MediaError` naming the file; anything else (a bug) propagates unchanged.
+one-line :class:`MediaError` naming the file; anything else (a bug) propagates unchanged. A
+truncated file (its header promises more than decodes) follows ``data.on_short``
+(:class:`MediaReader`).
 
 Shape vocabulary: V views, T frames, S crop size, T_a audio frames, F mel bins.
 """
@@ -56,7 +62,7 @@ from mbt.data.video import (
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-WHOLE_TRACK_S = 20.0  # sound tracks up to this long are decoded whole (once per item), see below
+WHOLE_TRACK_S = 20.0  # s: tracks up to this long are decoded whole once per item (MediaReader)
 
 
 class ClipReader(Protocol):
@@ -92,9 +98,9 @@ class MediaReader:
 
     Per item, each file is opened once (an mp4's own sound track shares its open file) and
     closed by :meth:`close`, which :func:`load_views` calls when the item is read (so no
-    decoder lives on into a forked data loader worker); the
-    frames of all views come from one keyframe-aware pass (:class:`~mbt.data.video.VideoFile`);
-    the sound's length comes from its header. Sound tracks up to :data:`WHOLE_TRACK_S` (UCF101,
+    decoder lives on into a forked data loader worker). The frames of all views come from one
+    keyframe-aware pass (:class:`~mbt.data.video.VideoFile`); the sound's length comes from its
+    header. Sound tracks up to :data:`WHOLE_TRACK_S` (UCF101,
     VGGSound and AudioSet clips) are decoded whole once per item and every window is a slice,
     as the cache stores them; longer tracks decode only their windows
     (:class:`~mbt.data.audio.AudioTrack`), so a 10-minute file costs about what a 10-second one

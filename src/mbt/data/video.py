@@ -330,9 +330,10 @@ class VideoFile:
     more work than decoding sequentially or seeking to every frame, whichever the keyframe
     spacing favours, and needs no threshold. Keyframe times come from the container's index
     (mp4 ``stss``, avi ``idx1``, mkv cues: read at open, nothing decoded), else from one pass
-    over the packet headers. A seek that lands after its frame (a broken index) makes the file
-    decode again from the start without seeking, so the frames are always the ones a
-    sequential decode picks.
+    over the packet headers. A seek whose first frame comes after the wanted time (a demuxer
+    that picks keyframes by decode time, a broken index) is retried further back, and after
+    :data:`SEEK_TRIES` misses the file is decoded from the start without seeking: the frames
+    are always the ones a sequential decode picks.
 
     Args:
         path: the file.
@@ -533,7 +534,7 @@ class VideoFile:
         """(time, frame) from where the demuxer stands. An FFmpeg error after the first frame
         ends the stream there: the decodable end of a damaged or cut file."""
         frames = self.container.decode(self.stream)
-        for i in range(1 << 62):
+        for i in itertools.count():
             try:
                 frame = next(frames)
             except StopIteration:
