@@ -324,7 +324,7 @@ def measure_long(folder: Path, src: str | None, repeats: int) -> dict[str, Any]:
                 clip = write_clip(folder, name, seconds, gop, seed=seconds, loop=20.0)
             runs = [predict_run(model, clip, src) for _ in range(repeats)]
             row = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "status"}
-            reader = MediaReader(256, cfg.model.mel_bins)  # threads on, as predict runs it
+            reader = MediaReader(256, cfg.model.mel_bins)  # as predict runs it
             row["inputs_cpu_s"] = cpu_ms(partial(_front_end, reader, clip, cfg), repeats) / 1e3
             work = reader.count  # (warm-up + repeats) passes
             row["frames_decoded"] = work.frames // (repeats + 1)

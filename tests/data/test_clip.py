@@ -128,16 +128,14 @@ def test_an_item_opens_each_file_once_and_decodes_every_view_in_one_pass(
     assert reader.count.samples > 0 and reader._item is None  # and the files are closed
 
 
-def test_decoder_threads_are_off_in_loader_workers(
-    index, tiny_model_cfg, demo_data_cfg, monkeypatch
-):
+def test_decoder_threads_are_off_unless_asked(index, tiny_model_cfg, demo_data_cfg, monkeypatch):
+    """Off by default: a frame-threaded decoder freed by a forked loader worker deadlocks it."""
     threads = []
     real = clip_mod.VideoFile
     monkeypatch.setattr(
         clip_mod, "VideoFile", lambda *a, **k: threads.append(k["threads"]) or real(*a, **k)
     )
-    reader = MediaReader(resolve_short_side(tiny_model_cfg, demo_data_cfg), 64)
-    load_views(reader, index.val[0], tiny_model_cfg, demo_data_cfg, train=False)
-    monkeypatch.setattr(clip_mod, "get_worker_info", lambda: object())  # as in a worker
-    load_views(reader, index.val[0], tiny_model_cfg, demo_data_cfg, train=False)
-    assert threads == ["AUTO", "NONE"]
+    short = resolve_short_side(tiny_model_cfg, demo_data_cfg)
+    for reader in (MediaReader(short, 64), MediaReader(short, 64, threads="AUTO")):
+        load_views(reader, index.val[0], tiny_model_cfg, demo_data_cfg, train=False)
+    assert threads == ["NONE", "AUTO"]

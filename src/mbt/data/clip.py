@@ -35,7 +35,6 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import av
 import torch
-from torch.utils.data import get_worker_info
 
 from mbt.config import DataConfig, ModelConfig
 from mbt.data.audio import (
@@ -104,8 +103,10 @@ class MediaReader:
     VGGSound and AudioSet clips) are decoded whole once per item and every window is a slice,
     as the cache stores them; longer tracks decode only their windows
     (:class:`~mbt.data.audio.AudioTrack`), so a 10-minute file costs about what a 10-second one
-    does. Decoder threads are off in data loader workers (every core already runs one) and on
-    in the main process (predict, ``num_workers=0``).
+    does. Decoder threads are off by default: in data loader workers every core already runs
+    one (frame threads only add CPU), and a frame-threaded decoder that a forked process (a
+    loader worker, a ``prepare`` worker) frees during garbage collection deadlocks it, since
+    its threads do not exist there. ``threads="AUTO"`` suits a process that never forks.
 
     A file whose header promises more than decodes (a cut download) and whose decodable end an
     item reaches follows ``on_short``: ``"pad"`` gives its last frame / silence and logs it
@@ -119,8 +120,7 @@ class MediaReader:
             kept (the crop transforms resize anyway).
         mel_bins: F.
         on_short: ``"pad"``, ``"skip"`` or ``"error"`` (``data.on_short``).
-        threads: FFmpeg decoder threads, ``"AUTO"`` or ``"NONE"``; None: off in data loader
-            workers, on in the main process.
+        threads: FFmpeg decoder threads, ``"NONE"`` or ``"AUTO"`` (see above).
     """
 
     def __init__(
@@ -129,7 +129,7 @@ class MediaReader:
         mel_bins: int,
         *,
         on_short: Literal["pad", "skip", "error"] = "skip",
-        threads: Literal["AUTO", "NONE"] | None = None,
+        threads: Literal["AUTO", "NONE"] = "NONE",
     ) -> None:
         self.short_side = short_side
         self.mel_bins = mel_bins
@@ -211,8 +211,7 @@ class MediaReader:
         """The open files of ``clip``, opened on first use (:meth:`close` ends the item)."""
         if self._item is None or self._item.clip != clip:
             self.close()
-            threads = self.threads or ("NONE" if get_worker_info() is not None else "AUTO")
-            self._item = _ItemFiles(clip, threads)
+            self._item = _ItemFiles(clip, self.threads)
         return self._item
 
 

@@ -339,8 +339,9 @@ class VideoFile:
         path: the file.
         container: an open container of ``path`` to share with its audio reader (the caller
             closes it); None opens one.
-        threads: FFmpeg decoder threads: ``"AUTO"`` (frame and slice threads, faster in one
-            process) or ``"NONE"`` (data loader workers, where every core already runs one).
+        threads: FFmpeg decoder threads: ``"NONE"``, or ``"AUTO"`` (frame and slice threads:
+            less wall time in a lone process; never in one that forks while this object may
+            still be garbage-collected, see :class:`mbt.data.clip.MediaReader`).
     """
 
     def __init__(
@@ -348,7 +349,7 @@ class VideoFile:
         path: str | Path,
         *,
         container: av.container.InputContainer | None = None,
-        threads: Literal["AUTO", "NONE"] = "AUTO",
+        threads: Literal["AUTO", "NONE"] = "NONE",
     ) -> None:
         self.path = path
         self.threads = threads
