@@ -39,29 +39,41 @@ def media(tmp_path_factory) -> dict:
         entry = c.streams.video[0].index_entries[50]
     at_packet = d / "at_packet.mp4"
     at_packet.write_bytes(data[: entry.pos])
+    mkv = write_video(d / "whole.mkv", frames, FPS, gop_size=10, audio=sine(440, 4.0, 16000))
+    (d / "half.mkv").write_bytes(mkv.read_bytes()[: mkv.stat().st_size // 2])  # length kept
     wav = write_audio(d / "sound.wav", sine(440, 7.0, 44100), 44100)
     cut = d / "cut.wav"
     cut.write_bytes(wav.read_bytes()[: len(wav.read_bytes()) // 10])  # header says 7 s
     return {
-        "whole": whole, "half": half, "at_packet": at_packet, "wav": wav, "cut": cut,
+        "whole": whole, "half": half, "at_packet": at_packet, "half_mkv": d / "half.mkv",
+        "wav": wav, "cut": cut,
         "short": write_audio(d / "short.wav", sine(440, 0.7, 44100), 44100),  # header agrees
         "picture": write_video(d / "picture.mp4", frames, FPS),  # no sound of its own
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["half", "at_packet"])
-def test_a_cut_mp4_raises_instead_of_repeating_its_last_frame(media, name):
+@pytest.mark.parametrize("name", ["half", "at_packet", "half_mkv"])
+def test_a_cut_video_raises_instead_of_repeating_its_last_frame(media, name):
     times = [0.2, 0.6, 3.2, 3.8]  # the cut lies near 2 s
     with pytest.raises(TruncatedMediaError) as err:
         read_frames(media[name], times)
     msg = str(err.value)
-    assert msg.startswith(f"{media[name]}: truncated: the header says 4.00 s of video")
+    assert msg.startswith(f"{media[name]}: truncated: the header says 4.0")
     assert "2 of 4 sampled frame times lie past" in msg and "\n" not in msg
     # Asked for, the decodable part is used: the same frames, the last one for later times.
     padded = read_frames(media[name], times, pad_truncated=True)
     assert torch.equal(padded[:2], read_frames(media["whole"], times[:2]))
     assert torch.equal(padded[2], padded[3])
     assert read_frames(media[name], times[:2]).shape == (2, 48, 64, 3)  # before the cut: fine
+
+
+def test_sound_outlasting_the_picture_is_no_truncation(tmp_path):
+    """mkv gives one length for all streams: a clip whose sound runs 1.2 s past its picture
+    (common in cut web videos) is whole; its last frame serves the last times, as always."""
+    frames = np.random.default_rng(1).integers(0, 256, (100, 48, 64, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "long_sound.mkv", frames, FPS, audio=sine(440, 5.2, 16000))
+    out = read_frames(path, [0.2, 4.9])  # the header says 5.2 s
+    assert torch.equal(out[1], read_frames(path, [3.96])[0])
 
 
 def test_a_cut_wav_raises_instead_of_reading_as_silence(media):

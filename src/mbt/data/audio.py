@@ -222,13 +222,15 @@ class AudioTrack:
 
     def _header_samples(self, declared: int | None) -> int | None:
         """The length the header gives (wav: its data chunk; else the stream's or container's
-        duration), in output samples; None if it gives none."""
+        duration), in output samples; None if it gives none. Sets ``_exact``: the length is
+        the stream's own (not the container's, which covers every stream)."""
+        self._exact = True
         if declared is not None:
             seconds = declared / self.rate
         elif self.stream.duration is not None and self.stream.time_base is not None:
             seconds = float(self.stream.duration * self.stream.time_base)
         elif self.container.duration is not None:
-            seconds = self.container.duration / AV_TIME_BASE
+            seconds, self._exact = self.container.duration / AV_TIME_BASE, False
         else:
             return None
         return round(seconds * self.sample_rate)
@@ -257,7 +259,8 @@ class AudioTrack:
         """Whether decoding reached the end of the stream well before its header's length."""
         if self.decoded_to is None or self.samples is None:
             return False
-        return is_truncated(self.samples / self.sample_rate, self.decoded_to / self.sample_rate)
+        sr = self.sample_rate
+        return is_truncated(self.samples / sr, self.decoded_to / sr, stream_length=self._exact)
 
     def check_end(self, end: int, pad: bool = False) -> None:
         """Raise :class:`TruncatedMediaError` if output samples up to ``end`` were wanted from

@@ -38,10 +38,13 @@ import torch
 
 AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time unit: microseconds
 # A stream that decodes to less than its header says by more than this (seconds, or this fraction
-# of the header's length, whichever is larger) is truncated; less is container slack (an mkv's
-# duration may include a longer audio track, an AAC track may end a frame early).
+# of the header's length, whichever is larger) is truncated; less is rounding and muxer slack.
 TRUNCATED_AFTER_S = 0.5
 TRUNCATED_AFTER_FRACTION = 0.05
+# Looser where only the container gives a length (mkv, webm): it covers every stream, and the
+# audio may run a second or two past the video in a legitimately cut clip.
+LOOSE_TRUNCATED_AFTER_S = 2.0
+LOOSE_TRUNCATED_AFTER_FRACTION = 0.2
 
 
 class MediaError(ValueError):
@@ -97,10 +100,14 @@ def _video_stream(container: av.container.InputContainer, path: str | Path) -> a
     return container.streams.video[0]
 
 
-def is_truncated(promised: float, decoded: float) -> bool:
+def is_truncated(promised: float, decoded: float, *, stream_length: bool = True) -> bool:
     """Whether a stream whose header says ``promised`` seconds but which decodes to ``decoded``
-    seconds is cut short (more than container slack, see ``TRUNCATED_AFTER_S``)."""
-    return promised - decoded > max(TRUNCATED_AFTER_S, TRUNCATED_AFTER_FRACTION * promised)
+    seconds is cut short, beyond muxer slack (``TRUNCATED_AFTER_S``; the looser
+    ``LOOSE_TRUNCATED_AFTER_S`` when the length is the container's, not the stream's own)."""
+    if stream_length:
+        return promised - decoded > max(TRUNCATED_AFTER_S, TRUNCATED_AFTER_FRACTION * promised)
+    slack = max(LOOSE_TRUNCATED_AFTER_S, LOOSE_TRUNCATED_AFTER_FRACTION * promised)
+    return promised - decoded > slack
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -559,7 +566,8 @@ class VideoFile:
             return
         decodable = self.end + 1 / self.info.fps
         past = sum(t > self.end + self._half for t in times)
-        if past == 0 or not is_truncated(self.info.duration, decodable):
+        exact = self.stream.duration is not None  # else the container's length
+        if past == 0 or not is_truncated(self.info.duration, decodable, stream_length=exact):
             return
         if pad:
             self.past_end += past
