@@ -45,7 +45,7 @@ import av
 import numpy as np
 import torch
 
-from mbt.config import load_config, replace
+from mbt.config import load_config
 from mbt.data.audio import SAMPLE_RATE, log_mel
 from mbt.data.clip import MediaReader, audio_window_start, load_views
 from mbt.data.dataset import AVDataset, item_generator
@@ -300,20 +300,36 @@ def predict_run(model: Path, clip: Clip, src: str | None) -> dict[str, float]:
         env["PYTHONPATH"] = src
     cmd = [sys.executable, "-c", _PREDICT, str(model), str(clip.video), "--audio", str(clip.audio)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["status"] != 0:
+        raise RuntimeError(f"mbt predict failed: {done.stderr.strip()[-500:]}")
+    return result
+
+
+_SAVE_MODEL = """
+import sys
+from mbt.config import load_config
+from mbt.model import MBT
+cfg = load_config("mbt_b16_paper")
+net = MBT(replace(cfg.model, init="", num_classes=10))  # random weights: the cost is the same
+net.save_pretrained(sys.argv[1], class_names=[str(i) for i in range(10)], data=cfg.data)
+"""
+
+
+def paper_model(folder: Path, src: str | None) -> Path:
+    """The paper preset's MBT (random weights) saved by the checkout that will predict."""
+    model = folder / ("model" if src is None else "model_" + Path(src).parent.name)
+    if not (model / "model.safetensors").exists():
+        env = dict(os.environ, **({"PYTHONPATH": src} if src else {}))
+        subprocess.run([sys.executable, "-c", _SAVE_MODEL, str(model)], env=env, check=True)
+    return model
 
 
 def measure_long(folder: Path, src: str | None, repeats: int) -> dict[str, Any]:
     """predict on 10-s and 10-min files (GOP 250 and GOP 50): medians of ``repeats`` runs of
     the whole command in a subprocess, and the front-end alone in this process (4 views)."""
     cfg = load_config("mbt_b16_paper")
-    model = folder / "model"
-    if not (model / "model.safetensors").exists():  # random weights: the cost is the same
-        from mbt.model import MBT  # heavy (builds ViT-B x 2): only for --long
-
-        net = MBT(replace(cfg.model, init="", num_classes=10))
-        net.save_pretrained(model, class_names=[str(i) for i in range(10)], data=cfg.data)
-        del net
+    model = paper_model(folder, src)
     out: dict[str, Any] = {}
     for gop in (250, 50):
         for seconds in (10, 600):
