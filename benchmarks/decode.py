@@ -308,7 +308,7 @@ def predict_run(model: Path, clip: Clip, src: str | None) -> dict[str, float]:
 
 _SAVE_MODEL = """
 import sys
-from mbt.config import load_config
+from mbt.config import load_config, replace
 from mbt.model import MBT
 cfg = load_config("mbt_b16_paper")
 net = MBT(replace(cfg.model, init="", num_classes=10))  # random weights: the cost is the same
