@@ -188,6 +188,10 @@ class DataConfig:
     split_seed: int = 0  # seed of that split (group-aware on UCF101)
     multi_label: bool = False  # AudioSet-style targets (sigmoid BCE, mAP)
     missing_audio: Literal["skip", "silence", "error"] = "skip"  # clips without any audio
+    # Truncated files (the header promises more than decodes) when sampling reaches the missing
+    # part: skip the clip (logged, counted as failed), stop with an error, or pad (last frame,
+    # silence; logged). A file merely shorter than the audio window is zero-padded, as AST does.
+    on_short: Literal["pad", "skip", "error"] = "skip"
     require_audio: bool = False  # UCF101: keep only clips with an audio track, remap classes
     # Temporal sampling.
     sampling: Literal["uniform", "window"] = "uniform"  # uniform over the clip (paper) or a window
@@ -217,6 +221,7 @@ class DataConfig:
         _check(1 <= self.split <= 3, "data.split", f"must be 1, 2 or 3, got {self.split}")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
         _check_choice(self.missing_audio, "data.missing_audio", ("skip", "silence", "error"))
+        _check_choice(self.on_short, "data.on_short", ("pad", "skip", "error"))
         _check_choice(self.sampling, "data.sampling", ("uniform", "window"))
         _check(self.frame_stride >= 1, "data.frame_stride", "must be >= 1")
         _check(self.test_clips >= 1, "data.test_clips", "must be >= 1")

@@ -82,6 +82,8 @@ def write_video(
     audio_codec: str | None = None,
     times: Sequence[float] | None = None,
     gop_size: int | None = None,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
 ) -> Path:
     """Encode a clip, with an optional audio track muxed into the same container.
 
@@ -98,6 +100,8 @@ def write_video(
         audio_codec: audio encoder; default by container (aac, libopus for webm, pcm for avi).
         times: presentation time of each frame in seconds, for variable frame rate clips.
         gop_size: frames between key frames (small values make seeking tests meaningful).
+        options: encoder options added to the defaults (e.g. ``{"bf": "3"}`` for B-frames).
+        container_options: muxer options (e.g. ``{"movflags": "+faststart"}``: index first).
 
     Returns:
         ``path`` as a Path.
@@ -105,12 +109,12 @@ def write_video(
     path = Path(path)
     frames = np.asarray(frames)
     assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3, frames.shape
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=container_options or {}) as container:
         rate = Fraction(fps).limit_denominator(1001)
         vs = container.add_stream(codec, rate=rate)
         vs.width, vs.height = frames.shape[2], frames.shape[1]
         vs.pix_fmt = pix_fmt or _PIX_FMT.get(codec, "yuv420p")
-        vs.options = dict(_VIDEO_OPTIONS.get(codec, {}))
+        vs.options = {**_VIDEO_OPTIONS.get(codec, {}), **(options or {})}
         if gop_size is not None:
             vs.codec_context.gop_size = gop_size
         if times is not None:  # variable frame rate: millisecond timestamps
@@ -140,12 +144,18 @@ def write_video(
 
 
 def write_audio(
-    path: str | Path, samples: np.ndarray, rate: int, *, codec: str | None = None
+    path: str | Path,
+    samples: np.ndarray,
+    rate: int,
+    *,
+    codec: str | None = None,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Write float samples in [-1, 1], (N,) mono or (N, C), to wav / flac / ogg / mp3 / m4a.
 
-    The codec follows the extension (pcm_s16le, flac, opus, mp3, aac). Opus only runs at
-    8/12/16/24/48 kHz; other rates are encoded at 48 kHz (PyAV resamples on the way in).
+    The codec follows the extension (pcm_s16le, flac, opus, mp3, aac); ``options`` go to the
+    encoder (e.g. ``{"aac_pns": "0"}``). Opus only runs at 8/12/16/24/48 kHz; other rates are
+    encoded at 48 kHz (PyAV resamples on the way in).
     """
     path = Path(path)
     x = np.asarray(samples, dtype=np.float32)
@@ -156,6 +166,7 @@ def write_audio(
         raise ValueError(f"{path}: no default audio codec for {path.suffix!r}; pass codec=")
     with av.open(str(path), "w") as container:
         stream = _add_audio_stream(container, codec, rate, x.shape[1])
+        stream.options = dict(options or {})
         _encode_audio(container, stream, x, rate)
     return path
 

@@ -13,14 +13,19 @@ from mbt.data.audio import (
     AUDIOSET_MEAN,
     AUDIOSET_STD,
     SAMPLE_RATE,
+    AudioTrack,
     MediaError,
     NoAudioError,
     ast_features,
+    fbank_rows,
+    fbank_span,
     load_audio,
     log_mel,
     mel_filters,
     normalize_fbank,
+    open_audio,
     pad_or_cut,
+    wav_declared_frames,
 )
 from tests.data.media import indexed_clip, sine, write_audio, write_video
 
@@ -186,3 +191,88 @@ def test_media_errors(tmp_path):
         with pytest.raises(MediaError) as err:
             load_audio(path)
         assert str(path) in str(err.value) and not isinstance(err.value, NoAudioError)
+
+
+# ---------------------------------------------------------------------------------------------
+# windows: decode only the part that is used, on the grid of a decode from the start
+
+NO_PNS = {"aac_pns": "0"}  # see test_windows_are_slices_of_the_whole_track
+
+
+@pytest.fixture(scope="module")
+def tracks(tmp_path_factory) -> dict[str, str]:
+    """12-s sound files (a chirp, harmonics and noise) at the rates data sets come in."""
+    d = tmp_path_factory.mktemp("tracks")
+
+    def signal(rate: int, channels: int) -> np.ndarray:
+        t = np.arange(12 * rate) / rate
+        chirp = 0.3 * np.sin(2 * np.pi * (100 * t + 150 * t**2))  # 100 Hz -> 3.7 kHz
+        harmonics = sum(0.1 / k * np.sin(2 * np.pi * 220 * k * t) for k in range(1, 6))
+        noise = 0.02 * np.random.default_rng(rate).standard_normal(len(t))
+        x = (chirp + harmonics + noise).astype(np.float32)
+        return np.stack([x, np.roll(x, 7)], axis=1)[:, :channels]  # (N, C)
+
+    return {
+        "wav 44.1k stereo": str(write_audio(d / "a.wav", signal(44100, 2), 44100)),
+        "wav 48k mono": str(write_audio(d / "b.wav", signal(48000, 1), 48000)),
+        "aac 44.1k stereo": str(write_audio(d / "c.m4a", signal(44100, 2), 44100, options=NO_PNS)),
+        "aac 22.05k mono": str(write_audio(d / "d.m4a", signal(22050, 1), 22050, options=NO_PNS)),
+        "flac 32k": str(write_audio(d / "e.flac", signal(32000, 1), 32000)),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["wav 44.1k stereo", "wav 48k mono", "aac 44.1k stereo", "aac 22.05k mono", "flac 32k"]
+)
+def test_windows_are_slices_of_the_whole_track(tracks, name):
+    """A window decoded alone equals the same samples of a decode from the start, so its
+    log-mel rows are the whole track's rows, up to float32 rounding (the waveform mean that
+    log_mel subtracts first differs: ~1e-7 of a row's energy, which is up to ~1e-3 in the log
+    of its quietest bins). AAC's perceptual noise substitution
+    synthesises noise bands from the decoder's random state, which depends on what it decoded
+    before, so those bands cannot match any other decode; the AAC files here are encoded
+    without it."""
+    path = tracks[name]
+    whole = load_audio(path)  # (N,)
+    rows = log_mel(whole)  # (N_a, F)
+    for start in (0, 80, 333, len(rows) - 300):
+        first, n = fbank_span(start, 300)
+        with AudioTrack(path) as track:
+            x = torch.from_numpy(track.read(first, n))
+            assert track.count.seeks == (first > SR)  # a window past the first second seeks
+        assert torch.allclose(x, whole[first : first + n], atol=1e-6), (name, start)
+        window, ref = log_mel(x).exp(), rows[start : start + 300].exp()  # mel energies
+        assert window.shape == ref.shape == (300, 128)
+        error = (window - ref).abs() / ref.sum(dim=-1, keepdim=True)  # of each row's energy
+        assert error.max() < 1e-5, (name, start)
+
+
+def test_late_window_of_an_aac_track_is_on_the_sample_grid(tracks):
+    """load_audio(start > 5 s) once placed the samples by the first packet's timestamp without
+    aligning the resampling grid: an AAC window shifted by a fraction of a sample."""
+    path = tracks["aac 44.1k stereo"]
+    whole = load_audio(path)
+    late = load_audio(path, start=6.3, duration=1.0)  # (16000,)
+    first = round(6.3 * SR)
+    assert torch.allclose(late, whole[first : first + SR], atol=1e-6)
+
+
+def test_track_length_from_the_header(tracks):
+    for name, path in tracks.items():
+        with AudioTrack(path) as track:
+            assert track.count.samples == 0  # nothing decoded yet
+            n = len(load_audio(path))
+            # wav: exact; compressed: the decoder may emit a frame's padding beyond it
+            assert n - 0.03 * SR <= track.samples <= n, name
+            assert fbank_rows(track.samples) == 1 + (track.samples - 400) // 160
+
+
+def test_wav_opens_with_a_small_probe(tracks):
+    """A wav's header says everything: FFmpeg's default 5 MB probe would read a short wav
+    packet by packet first (~50 ms per open)."""
+    path = tracks["wav 44.1k stereo"]
+    assert wav_declared_frames(path) == 12 * 44100
+    container, declared = open_audio(path)
+    with container:
+        assert declared == 12 * 44100 and container.format.name == "wav"
+    assert wav_declared_frames(tracks["aac 44.1k stereo"]) is None  # not a wav

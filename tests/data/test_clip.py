@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import av
 import pytest
 import torch
 
 from mbt.config import DataConfig, replace
+from mbt.data import clip as clip_mod
 from mbt.data.audio import NoAudioError, load_audio, log_mel
 from mbt.data.clip import MediaReader, clip_inputs_from_file, load_views, resolve_short_side
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import scan
 from mbt.data.transforms import normalize_video
-from mbt.data.video import MediaError
+from mbt.data.video import MediaError, probe_video
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,35 @@ def test_short_side_must_fit_the_crop(tiny_model_cfg):
     assert resolve_short_side(tiny_model_cfg, DataConfig()) == 36  # 32 * 256 // 224
     with pytest.raises(ValueError, match="resize_short=30 is smaller than model.image_size=32"):
         resolve_short_side(tiny_model_cfg, DataConfig(resize_short=30))
+
+
+@pytest.mark.parametrize("which", ["wav beside", "own track"])
+def test_an_item_opens_each_file_once_and_decodes_every_view_in_one_pass(
+    index, tiny_model_cfg, demo_data_cfg, monkeypatch, which
+):
+    clip = _with_wav(index) if which == "wav beside" else _with_track(index)
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(
+        av, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k)
+    )
+    reader = MediaReader(resolve_short_side(tiny_model_cfg, demo_data_cfg), 64)
+    out = load_views(reader, clip, tiny_model_cfg, demo_data_cfg, train=False, views=4)
+    assert out["video"].shape == (4, 4, 3, 32, 32)
+    assert sorted(opened) == sorted(str(p) for p in (clip.video, clip.audio) if p is not None)
+    # 4 views x 4 frames from one pass: no frame of the clip decoded twice
+    assert 0 < reader.count.frames <= probe_video(clip.video).num_frames + 1
+    assert reader.count.samples > 0 and reader._item is None  # and the files are closed
+
+
+def test_decoder_threads_are_off_unless_asked(index, tiny_model_cfg, demo_data_cfg, monkeypatch):
+    """Off by default: a frame-threaded decoder freed by a forked loader worker deadlocks it."""
+    threads = []
+    real = clip_mod.VideoFile
+    monkeypatch.setattr(
+        clip_mod, "VideoFile", lambda *a, **k: threads.append(k["threads"]) or real(*a, **k)
+    )
+    short = resolve_short_side(tiny_model_cfg, demo_data_cfg)
+    for reader in (MediaReader(short, 64), MediaReader(short, 64, threads="AUTO")):
+        load_views(reader, index.val[0], tiny_model_cfg, demo_data_cfg, train=False)
+    assert threads == ["NONE", "AUTO"]

@@ -163,7 +163,7 @@ def test_crops_apply_with_one_temporal_view(index, tiny_model_cfg, demo_data_cfg
 
 
 class _Reader:
-    """A reader whose fbank() raises ``error`` (frames and timing are fine)."""
+    """A reader whose sound raises ``error`` (frames and timing are fine)."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -174,7 +174,10 @@ class _Reader:
     def frames(self, clip, times):
         return torch.zeros(len(times), 40, 40, 3, dtype=torch.uint8)
 
-    def fbank(self, clip):
+    def audio_frames(self, clip):
+        raise self.error
+
+    def fbank(self, clip, start, count):
         raise self.error
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 import torch
 
-from mbt.data.video import MediaError, probe_video, read_frames, sample_times, window_span
+from mbt.data.video import (
+    MediaError,
+    VideoFile,
+    probe_video,
+    read_frames,
+    sample_times,
+    window_span,
+)
 from tests.data.media import frame_index, indexed_clip, sine, write_audio, write_video
 
 FPS = 25
@@ -60,6 +68,12 @@ def test_short_side_resize(lossless):
     # area averaging of the exact frame, not a wrapped-around uint8 mess
     ref = frames[10].astype(np.float32).reshape(24, 2, 32, 2, 3).mean(axis=(1, 3))
     assert np.abs(out[1].numpy().astype(np.float32) - ref).mean() < 8
+
+
+def test_small_frames_are_never_enlarged(lossless):
+    path, frames = lossless  # 48 x 64
+    out = read_frames(path, [0.4], short_side=100)  # the crop transforms resize anyway
+    assert torch.equal(out, torch.from_numpy(frames[[10]]))
 
 
 @pytest.mark.parametrize(
@@ -126,6 +140,79 @@ def test_media_errors_name_the_file(tmp_path, lossless):
             with pytest.raises(MediaError, match=problem) as err:
                 read(path)
             assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding only what is sampled: the same frames as a sequential decode, less work
+
+LONG = 300  # frames: 12 s at 25 fps
+B_FRAMES = {"bf": "3", "sc_threshold": "0"}  # decode order != display order, no extra keyframes
+
+
+@pytest.fixture(scope="module")
+def gop_files(tmp_path_factory) -> dict[str, str]:
+    """12-s clips of distinct noise frames: H.264 with B-frames at GOP 12 and GOP 250, variable
+    frame rate, MPEG-4 Part 2 in avi (UCF101's codec family)."""
+    d = tmp_path_factory.mktemp("gop")
+    frames = np.random.default_rng(0).integers(0, 256, (LONG, 32, 32, 3), dtype=np.uint8)
+    gaps = np.random.default_rng(1).uniform(0.01, 0.07, LONG)  # 10-100 fps
+    vfr = (np.cumsum(gaps) - gaps[0]).tolist()
+    return {
+        "gop12": str(write_video(d / "g12.mp4", frames, FPS, gop_size=12, options=B_FRAMES)),
+        "gop250": str(write_video(d / "g250.mp4", frames, FPS, gop_size=250, options=B_FRAMES)),
+        "vfr": str(
+            write_video(d / "vfr.mp4", frames, FPS, times=vfr, gop_size=12, options=B_FRAMES)
+        ),
+        "avi": str(write_video(d / "g12.avi", frames, FPS, codec="mpeg4", gop_size=12)),
+    }
+
+
+def sequential_nearest(path: str, times: list[float]) -> np.ndarray:
+    """The reference: decode every frame from the start, keep the nearest to each time (ties
+    to the earlier frame, past the end the last frame), as read_frames always chose."""
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        decoded = [((f.pts - (s.start_time or 0)) * float(s.time_base), f) for f in c.decode(s)]
+        stamps = np.array([t for t, _ in decoded])
+        picked = []
+        for want in times:
+            j = int(np.searchsorted(stamps, want, side="right"))  # first frame after `want`
+            if 0 < j < len(stamps) and want - stamps[j - 1] <= stamps[j] - want:
+                j -= 1
+            picked.append(decoded[min(j, len(stamps) - 1)][1].to_ndarray(format="rgb24"))
+    return np.stack(picked)
+
+
+@pytest.mark.parametrize("name", ["gop12", "gop250", "vfr", "avi"])
+def test_frames_are_those_of_a_sequential_decode(gop_files, name):
+    path = gop_files[name]
+    duration = probe_video(path).duration
+    rng = np.random.default_rng(2)
+    g = torch.Generator().manual_seed(0)
+    sets = [
+        sample_times(duration, 8, train=True, generator=g),  # the paper's training sampling
+        [t for v in range(4) for t in sample_times(duration, 8, view=v, num_views=4)],  # test
+        sample_times(duration, 32, mode="window", fps=FPS, stride=2, train=True, generator=g),
+        sorted(rng.uniform(0, duration, 3).tolist()) + [duration + 1.0],  # sparse, past the end
+        [0.5, 4.02, 4.06, 0.5, 11.0],  # exact ties between two frames (CFR), repeats
+    ]
+    for times in sets:
+        want = torch.from_numpy(sequential_nearest(path, times))
+        for threads in ("NONE", "AUTO"):
+            with VideoFile(path, threads=threads) as video:
+                assert torch.equal(video.frames(times), want), (name, threads, times)
+
+
+def test_seeks_where_keyframes_allow_decodes_on_where_not(gop_files):
+    times = sample_times(LONG / FPS, 8)  # one frame every 1.5 s
+    with VideoFile(gop_files["gop12"]) as video:
+        video.frames(times)
+    # GOP 12 (0.48 s): a seek per frame, then at most a GOP (+1 to see the next frame) each
+    assert video.count.seeks >= 8 and video.count.frames <= 8 * 13
+    with VideoFile(gop_files["gop250"]) as video:
+        video.frames(times)
+    # GOP 250 (10 s): decoding on is the only way; one seek to the keyframe at 10 s
+    assert video.count.seeks <= 1 and video.count.frames <= LONG
 
 
 # ---------------------------------------------------------------------------------------------

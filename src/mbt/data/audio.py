@@ -17,13 +17,23 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 import torch
 
-from mbt.data.video import MediaError, _reason, open_media
+from mbt.data.video import (
+    AV_TIME_BASE,
+    DecodeCount,
+    MediaError,
+    TruncatedMediaError,
+    _reason,
+    is_truncated,
+    open_media,
+)
 
 SAMPLE_RATE = 16000  # Hz, what AST and MBT are trained on
 FRAME_LENGTH_S = 0.025  # Kaldi frame_length 25 ms -> 400 samples at 16 kHz
@@ -38,12 +48,18 @@ LOG_FLOOR = torch.finfo(torch.float32).eps  # 1.1920929e-07, Kaldi's floor befor
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
-SEEK_AFTER_S = 5.0  # seek (instead of decoding from the start) when start is later than this
-SEEK_PREROLL_S = 1.0  # decode this much before `start`, so codec warm-up stays out of the window
+SEEK_AFTER_S = 1.0  # windows starting later than this seek instead of decoding from the start
+SEEK_PREROLL_S = 0.5  # decode this much before a window, so codec and resampler warm-up stay out
+LANDING_MARGIN_S = 0.05  # a seek must land at least this far before the window it serves
+RESAMPLER_LAG_S = 0.1  # decode this much past a window: the resampler's output lags its input
 
 
 class NoAudioError(MediaError):
     """The file has no audio stream (many UCF101 clips, some VGGSound videos)."""
+
+
+class _SeekMissed(Exception):
+    """A seek landed too late (or without a timestamp): decode from the start instead."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,25 +72,32 @@ def load_audio(
     start: float | None = None,
     duration: float | None = None,
     sample_rate: int = SAMPLE_RATE,
+    pad_truncated: bool = False,
 ) -> torch.Tensor:
     """Decode the first audio stream of a file to mono float32 at ``sample_rate``.
 
     Channels are averaged (a mono signal stored as identical stereo channels comes back
-    unchanged) after resampling with libswresample. Time 0 is the first sample of the stream.
-    If the file ends before ``start + duration``, the result is zero-padded at the end, so the
-    length is always ``round(duration * sample_rate)`` when ``duration`` is given.
+    unchanged) after resampling with libswresample. Time 0 is the first sample of the stream;
+    a window decodes only itself (see :class:`AudioTrack`), on the same sample grid as a
+    decode from the start. If the file ends before ``start + duration``, the result is
+    zero-padded at the end, so the length is always ``round(duration * sample_rate)`` when
+    ``duration`` is given.
 
     Args:
         path: any file FFmpeg reads: wav, flac, ogg, mp3, m4a, or a video with an audio track.
-        start: first second to return (None = 0). Late starts seek instead of decoding all.
+        start: first second to return (None = 0).
         duration: seconds to return (None = to the end of the stream).
         sample_rate: output rate in Hz.
+        pad_truncated: for a file that decodes to less than its header says (a cut download),
+            zero-pad the missing part instead of raising.
 
     Returns:
         float32 (N,) waveform, nominally in [-1, 1].
 
     Raises:
         NoAudioError: the file has no audio stream.
+        TruncatedMediaError: the file is truncated and the request reaches past its decodable
+            end (unless ``pad_truncated``).
         MediaError: the file is missing, empty, corrupt, or cannot be decoded.
     """
     start = 0.0 if start is None else float(start)
@@ -82,72 +105,255 @@ def load_audio(
         raise ValueError(f"start and duration must be >= 0, got {start}, {duration}")
     first = round(start * sample_rate)  # index of the first wanted output sample
     count = None if duration is None else round(duration * sample_rate)
-    container = open_media(path)
-    try:
-        if not container.streams.audio:
-            raise NoAudioError(f"{path}: no audio stream")
-        decoded = None
-        if start > SEEK_AFTER_S:
-            decoded = _decode(container, path, sample_rate, first, count, seek_to=start)
-        if decoded is None:  # no seek, or it could not be placed on the timeline: from the start
-            if start > SEEK_AFTER_S:
-                container.close()
-                container = open_media(path)
-            decoded = _decode(container, path, sample_rate, first, count)
-        x, offset = decoded
-    except av.FFmpegError as e:
-        raise MediaError(f"{path}: cannot decode audio ({_reason(e)})") from e
-    finally:
-        container.close()
-    # `x` holds output samples [offset, offset + len(x)), offset <= first; cut [first, +count).
-    lo = first - offset
-    x = x[lo:] if count is None else x[lo : lo + count]
+    with AudioTrack(path, sample_rate=sample_rate) as track:
+        x = track.read(first, count)
+        wanted = first + count if count is not None else max(first, track.samples or 0)
+        track.check_end(wanted, pad_truncated)  # to the end: as far as the header says
     if count is not None and len(x) < count:  # the file ends before the window does
         x = np.concatenate([x, np.zeros(count - len(x), np.float32)])
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # (N,)
 
 
-def _decode(
-    container: av.container.InputContainer,
-    path: str | Path,
-    sample_rate: int,
-    first: int,
-    count: int | None,
-    seek_to: float | None = None,
-) -> tuple[np.ndarray, int] | None:
-    """Mono float32 samples and the output index of the first one (0 unless seeking).
+def open_audio(path: str | Path) -> tuple[av.container.InputContainer, int | None]:
+    """Open a sound file; also return the sample frames a wav header declares (else None).
 
-    With ``seek_to``, seeks a little before it and places the samples on the timeline by the
-    first frame's timestamp; returns None if that is impossible (no timestamp, or the seek
-    landed after ``first``), and the caller decodes from the start instead.
+    A wav is opened as wav with a 32-byte probe: FFmpeg's default probe (5 MB) reads a whole
+    short wav packet by packet to learn what its header already says (~50 ms per open).
     """
-    stream = container.streams.audio[0]
-    stream.thread_type = "AUTO"
-    origin = stream.start_time or 0  # pts of the first sample, in time_base units
-    if seek_to is not None:
-        target = origin + int((seek_to - SEEK_PREROLL_S) / stream.time_base)
-        container.seek(target, stream=stream, backward=True)
-    resampler = av.AudioResampler(format="fltp", layout=None, rate=sample_rate)  # keep channels
-    margin = sample_rate // 10  # decode 100 ms past the window: the resampler lags a little
-    chunks: list[np.ndarray] = []
-    offset, have = 0, 0
-    for i, frame in enumerate(container.decode(stream)):
-        if seek_to is not None and i == 0:
-            if frame.pts is None:
+    declared = wav_declared_frames(path)
+    if declared is None:
+        return open_media(path), None
+    return open_media(path, {"probesize": "32"}, format="wav"), declared
+
+
+def wav_declared_frames(path: str | Path) -> int | None:
+    """Sample frames the ``data`` chunk of a RIFF/WAVE header declares; None if ``path`` is
+    not such a wav or does not say (a streamed wav's size field is 0 or 0xFFFFFFFF).
+
+    FFmpeg clamps a wav's duration to the bytes present, so a cut wav looks whole to it; the
+    header's own count is what tells a truncated wav from a short one.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            offset = round((frame.pts - origin) * float(stream.time_base) * sample_rate)
-            if offset > first:
-                return None
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray().mean(axis=0))  # (C, n) -> (n,) downmix
-            have += out.samples
-        if count is not None and offset + have >= first + count + margin:
-            break
-    else:
-        chunks.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(None))
-    if not chunks:
-        raise MediaError(f"{path}: the audio stream holds no decodable samples")
-    return np.concatenate(chunks).astype(np.float32, copy=False), offset
+            block = 0  # bytes per sample frame, from the fmt chunk
+            while len(chunk := f.read(8)) == 8:
+                name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if name == b"fmt ":
+                    fmt = f.read(size)
+                    block = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
+                    f.seek(size % 2, 1)  # chunks are padded to an even size
+                elif name == b"data":
+                    return size // block if block and 0 < size < 0xFFFFFFFF else None
+                else:
+                    f.seek(size + size % 2, 1)
+    except OSError:
+        return None  # open_media names the problem
+    return None
+
+
+class AudioTrack:
+    """The first audio stream of a file as mono samples at ``sample_rate``: its length from
+    the header, and any window of it decoded alone.
+
+    A window seeks :data:`SEEK_PREROLL_S` before itself and drops input samples up to the
+    next point where the input and output sample grids meet (every 441 input samples at
+    44.1 kHz -> 16 kHz; ``rate / gcd(rate, sample_rate)`` in general), so its samples are the
+    ones a decode from the start gives at the same indices (up to float rounding in the
+    resampler's warm-up, which the pre-roll absorbs). Without that alignment an AAC track is
+    shifted by a fraction of a sample and its log-mel differs by up to ~1.7.
+
+    Args:
+        path: the file.
+        container: an open container of ``path`` to share with its video reader (the caller
+            closes it); None opens one (a wav with a small probe, see :func:`open_audio`).
+        sample_rate: output rate in Hz.
+        threads: FFmpeg decoder threads, ``"AUTO"`` or ``"NONE"``.
+
+    Raises:
+        NoAudioError: the file has no audio stream.
+        MediaError: the file cannot be opened.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        container: av.container.InputContainer | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        threads: Literal["AUTO", "NONE"] = "NONE",
+    ) -> None:
+        self.path = path
+        self.sample_rate = sample_rate
+        self._own = container is None
+        declared = None
+        if container is None:
+            container, declared = open_audio(path)
+        self.container = container
+        if not container.streams.audio:
+            self.close()
+            raise NoAudioError(f"{path}: no audio stream")
+        self.stream = container.streams.audio[0]
+        self.stream.thread_type = threads
+        self.rate = int(self.stream.sample_rate or self.stream.codec_context.sample_rate or 0)
+        if self.rate <= 0:
+            self.close()
+            raise MediaError(f"{path}: the audio stream has no sample rate (corrupt header?)")
+        self._tb = float(self.stream.time_base) if self.stream.time_base else 1 / self.rate
+        self._origin = self.stream.start_time or 0  # pts of the first sample, time_base units
+        self.samples = self._header_samples(declared)  # output samples the header promises
+        self.decoded_to: int | None = None  # output samples that decode, once the end is seen
+        self.count = DecodeCount()
+        self._fresh = self._own  # nothing read yet: decoding from the start needs no seek
+        self._error: str | None = None  # the FFmpeg error that ended decoding, if any
+
+    def __enter__(self) -> AudioTrack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the container if this reader opened it."""
+        if self._own:
+            self.container.close()
+
+    def _header_samples(self, declared: int | None) -> int | None:
+        """The length the header gives (wav: its data chunk; else the stream's or container's
+        duration), in output samples; None if it gives none. Sets ``_exact``: the length is
+        the stream's own (not the container's, which covers every stream)."""
+        self._exact = True
+        if declared is not None:
+            seconds = declared / self.rate
+        elif self.stream.duration is not None and self.stream.time_base is not None:
+            seconds = float(self.stream.duration * self.stream.time_base)
+        elif self.container.duration is not None:
+            seconds, self._exact = self.container.duration / AV_TIME_BASE, False
+        else:
+            return None
+        return round(seconds * self.sample_rate)
+
+    def read(self, first: int = 0, count: int | None = None) -> np.ndarray:
+        """float32 (n,): output samples ``[first, first + count)`` (to the end if ``count`` is
+        None); fewer where the stream ends first (then :attr:`decoded_to` is set)."""
+        if first < 0 or (count is not None and count < 0):
+            raise ValueError(f"first and count must be >= 0, got {first}, {count}")
+        try:
+            x, offset = None, 0
+            if first > SEEK_AFTER_S * self.sample_rate:
+                try:
+                    x, offset = self._decode(first, count, seek=True)
+                except _SeekMissed:
+                    x = None
+            if x is None:
+                x, offset = self._decode(first, count, seek=False)
+        except av.FFmpegError as e:
+            raise MediaError(f"{self.path}: cannot decode audio ({_reason(e)})") from e
+        lo = first - offset  # `x` holds output samples [offset, offset + len(x)), offset <= first
+        return x[lo:] if count is None else x[lo : lo + count]
+
+    @property
+    def truncated(self) -> bool:
+        """Whether decoding reached the end of the stream well before its header's length."""
+        if self.decoded_to is None or self.samples is None:
+            return False
+        sr = self.sample_rate
+        return is_truncated(self.samples / sr, self.decoded_to / sr, stream_length=self._exact)
+
+    def check_end(self, end: int, pad: bool = False) -> None:
+        """Raise :class:`TruncatedMediaError` if output samples up to ``end`` were wanted from
+        a truncated stream that ended before them (unless ``pad``)."""
+        if pad or not self.truncated or self.decoded_to is None or end <= self.decoded_to:
+            return
+        sr = self.sample_rate
+        why = f" (decoding stopped: {self._error})" if self._error else ""
+        raise TruncatedMediaError(
+            f"{self.path}: truncated: the header says {(self.samples or 0) / sr:.2f} s of sound, "
+            f"it decodes to {self.decoded_to / sr:.2f} s{why}"
+        )
+
+    def _decode(self, first: int, count: int | None, seek: bool) -> tuple[np.ndarray, int]:
+        """Mono samples from a seek before ``first`` (or from the start) to ``first + count``
+        plus the resampler's lag, and the output index of the first one."""
+        sr, rate = self.sample_rate, self.rate
+        step = rate // math.gcd(rate, sr)  # input samples between points where the grids meet
+        if seek:
+            begin = first / sr - SEEK_PREROLL_S - step / rate  # seconds
+            self._seek(self._origin + max(0, int(begin / self._tb)))
+        elif not self._fresh:
+            self._seek(self._origin)  # back to the start
+        self._fresh = False
+        stop = None if count is None else first + count + round(RESAMPLER_LAG_S * sr)
+        resampler = av.AudioResampler(format="fltp", layout=None, rate=sr)  # keep channels
+        chunks: list[np.ndarray] = []
+        offset, have, drop = 0, 0, 0
+        for i, frame in enumerate(self._frames()):
+            if i == 0 and seek:
+                if frame.pts is None:
+                    raise _SeekMissed
+                pos = round((frame.pts - self._origin) * self._tb * rate)  # input sample index
+                drop = -pos % step  # to the next grid point
+                offset = (pos + drop) * sr // rate
+                if offset > first - LANDING_MARGIN_S * sr:
+                    raise _SeekMissed
+            if drop:
+                frame, drop = _drop_samples(frame, drop)
+                if frame is None:
+                    continue
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().mean(axis=0))  # (C, n) -> (n,) downmix
+                have += out.samples
+            if stop is not None and offset + have >= stop:
+                break
+        else:  # the stream ended: flush the resampler
+            chunks.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(None))
+            self.decoded_to = offset + sum(len(c) for c in chunks)
+        if not chunks:
+            raise MediaError(f"{self.path}: the audio stream holds no decodable samples")
+        return np.concatenate(chunks).astype(np.float32, copy=False), offset
+
+    def _seek(self, target: int) -> None:
+        try:
+            self.container.seek(target, stream=self.stream, backward=True)
+        except av.FFmpegError as e:
+            raise _SeekMissed from e
+        self.count.seeks += 1
+
+    def _frames(self) -> Iterator[av.AudioFrame]:
+        """Decoded frames from where the demuxer stands. An FFmpeg error after the first
+        frame ends the stream there: the decodable end of a damaged or cut file."""
+        frames = self.container.decode(self.stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except av.FFmpegError as e:
+                if self.count.samples == 0:
+                    raise  # nothing decodes at all
+                self._error = _reason(e)
+                return
+            self.count.samples += frame.samples
+            yield frame
+
+
+def _drop_samples(frame: av.AudioFrame, n: int) -> tuple[av.AudioFrame | None, int]:
+    """``frame`` without its first ``n`` samples (None if that is all of them), and how many
+    samples are still to drop from the frames after it."""
+    if n >= frame.samples:
+        return None, n - frame.samples
+    x = frame.to_ndarray()  # planar (C, S) or packed (1, S * C)
+    x = x[:, n:] if frame.format.is_planar else x[:, n * len(frame.layout.channels) :]
+    out = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(x), format=frame.format.name, layout=frame.layout.name
+    )
+    out.sample_rate = frame.sample_rate
+    if frame.pts is not None and frame.time_base is not None:
+        out.pts = frame.pts + round(n / frame.sample_rate / frame.time_base)
+        out.time_base = frame.time_base
+    return out, 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +446,19 @@ def log_mel(
     power = torch.fft.rfft(frames, n=n_fft).abs().pow(2)  # (..., T_a, 257)
     mel = power @ mel_filters(num_mel_bins, n_fft, sample_rate, str(x.device)).T  # (..., T_a, F)
     return mel.clamp_min(LOG_FLOOR).log()
+
+
+def fbank_rows(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """T_a of :func:`log_mel` for ``num_samples`` samples: whole 25 ms frames every 10 ms."""
+    window, hop, _ = _frame_sizes(sample_rate)
+    return 0 if num_samples < window else 1 + (num_samples - window) // hop
+
+
+def fbank_span(start: int, rows: int, sample_rate: int = SAMPLE_RATE) -> tuple[int, int]:
+    """(first sample, sample count) of log-mel rows ``[start, start + rows)``: what to decode
+    so that :func:`log_mel` of it gives exactly those rows of the whole track's log-mel."""
+    window, hop, _ = _frame_sizes(sample_rate)
+    return start * hop, (rows - 1) * hop + window if rows > 0 else 0
 
 
 def pad_or_cut(fbank: torch.Tensor, target_frames: int) -> torch.Tensor:

@@ -25,7 +25,9 @@ epoch (with ``persistent_workers=False``, the default, workers get the new epoch
 
 Failures: a clip whose file cannot be read raises a one-line :class:`MediaError`, or with
 ``on_error="skip"`` is logged and left out of its batch (:func:`collate_skip_failed`). Only
-media errors are skipped; any other exception is a bug and propagates.
+media errors are skipped; any other exception is a bug and propagates. A truncated file (its
+header promises more than decodes) follows ``data.on_short``: ``skip`` (default) is such a
+media error, ``error`` raises even with ``on_error="skip"``, ``pad`` reads it padded (logged).
 
 Shape vocabulary: V views, T frames, S crop size, T_a audio frames, F mel bins, C classes.
 """
@@ -48,7 +50,7 @@ from mbt.data.clip import (
     resolve_short_side,
 )
 from mbt.data.layouts import Clip
-from mbt.data.video import MediaError
+from mbt.data.video import MediaError, TruncatedMediaError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,9 @@ class AVDataset(Dataset):
         self.epoch = 0
         self.on_error = on_error
         short_side = resolve_short_side(model_cfg, data_cfg)  # checks it fits the crop
-        self.reader = reader or MediaReader(short_side, model_cfg.mel_bins)
+        self.reader = reader or MediaReader(
+            short_side, model_cfg.mel_bins, on_short=data_cfg.on_short
+        )
         self._logged: set[str] = set()
         for c in self.clips:
             bad = [i for i in c.labels if not 0 <= i < len(self.classes)]
@@ -141,7 +145,9 @@ class AVDataset(Dataset):
         try:
             return self._load(index, clip)
         except MediaError as e:
-            if self.on_error == "raise":
+            # data.on_short=error: a truncated file stops the run even where others are skipped
+            stop = isinstance(e, TruncatedMediaError) and self.data_cfg.on_short == "error"
+            if self.on_error == "raise" or stop:
                 raise
             if clip.key not in self._logged:  # once per file (and per worker process)
                 self._logged.add(clip.key)

@@ -1,4 +1,4 @@
-"""Video decoding: probe a file, choose frame times, decode exactly those frames.
+"""Video decoding: probe a file, choose frame times, decode only the frames they need.
 
 Times are seconds from the start of the video stream (its first frame is at 0), so they do not
 depend on the container's time base or frame rate; :func:`read_frames` picks, for each wanted
@@ -10,16 +10,24 @@ Sampling a clip and the audio that goes with it::
     info = probe_video(path)
     span = window_span(info.duration, 8, mode="window", fps=info.fps, train=True, generator=g)
     times = sample_times(info.duration, 8, mode="window", fps=info.fps, span=span)
-    frames = read_frames(path, times, short_side=256)  # (8, 256, W, 3) uint8
+    frames = read_frames(path, times, short_side=256)  # (8, <=256, W, 3) uint8
     # span = (start, end) seconds of the video window: centre the audio crop on it.
+
+Decoding is keyframe-aware (:class:`VideoFile`): a wanted frame far from the last decoded one is
+reached by a seek to the keyframe before it, a near one by decoding on, so a few frames of a
+10-minute file cost what they cost in a 10-second one (up to the keyframe spacing, which the
+file's encoder chose). A file whose header promises more than decodes (a cut download) raises
+:class:`TruncatedMediaError` when frames past its decodable end are asked for.
 
 Shape vocabulary: T frames, H x W pixels, 3 RGB channels (uint8, channels last, as decoded).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,10 +37,23 @@ import numpy as np
 import torch
 
 AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time unit: microseconds
+# A stream that decodes to less than its header says by more than this (seconds, or this fraction
+# of the header's length, whichever is larger) is truncated; less is rounding and muxer slack.
+TRUNCATED_AFTER_S = 0.5
+TRUNCATED_AFTER_FRACTION = 0.05
+# Looser where only the container gives a length (mkv, webm): it covers every stream, and the
+# audio may run a second or two past the video in a legitimately cut clip.
+LOOSE_TRUNCATED_AFTER_S = 2.0
+LOOSE_TRUNCATED_AFTER_FRACTION = 0.2
 
 
 class MediaError(ValueError):
     """A media file cannot be read: missing, empty, corrupt, or without the wanted stream."""
+
+
+class TruncatedMediaError(MediaError):
+    """A file's header promises more than decodes (a cut download or copy), and the part that
+    does not decode was asked for. ``data.on_short`` says what happens then."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +69,21 @@ class VideoInfo:
     has_audio: bool
 
 
-def open_media(path: str | Path) -> av.container.InputContainer:
-    """Open ``path`` for reading; any failure becomes a one-line :class:`MediaError`."""
+def open_media(
+    path: str | Path, options: dict[str, str] | None = None, format: str | None = None
+) -> av.container.InputContainer:
+    """Open ``path`` for reading; any failure becomes a one-line :class:`MediaError`.
+
+    ``options`` are FFmpeg format options (e.g. ``{"probesize": "32"}``), ``format`` forces a
+    demuxer (e.g. ``"wav"``) instead of probing for one.
+    """
     p = Path(path)
     if not p.is_file():
         raise MediaError(f"{path}: no such file")
     if p.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
     try:
-        return av.open(str(p), "r")
+        return av.open(str(p), "r", format=format, options=options or {})
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise MediaError(f"{path}: not a readable media file ({_reason(e)})") from e
 
@@ -71,6 +98,16 @@ def _video_stream(container: av.container.InputContainer, path: str | Path) -> a
     if not container.streams.video:
         raise MediaError(f"{path}: no video stream")
     return container.streams.video[0]
+
+
+def is_truncated(promised: float, decoded: float, *, stream_length: bool = True) -> bool:
+    """Whether a stream whose header says ``promised`` seconds but which decodes to ``decoded``
+    seconds is cut short, beyond muxer slack (``TRUNCATED_AFTER_S``; the looser
+    ``LOOSE_TRUNCATED_AFTER_S`` when the length is the container's, not the stream's own)."""
+    if stream_length:
+        return promised - decoded > max(TRUNCATED_AFTER_S, TRUNCATED_AFTER_FRACTION * promised)
+    slack = max(LOOSE_TRUNCATED_AFTER_S, LOOSE_TRUNCATED_AFTER_FRACTION * promised)
+    return promised - decoded > slack
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -88,31 +125,36 @@ def probe_video(path: str | Path) -> VideoInfo:
     """
     container = open_media(path)
     try:
-        stream = _video_stream(container, path)
-        fps = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0)
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / AV_TIME_BASE
-        elif stream.frames and fps > 0:
-            duration = stream.frames / fps
-        else:
-            raise MediaError(f"{path}: the container gives no duration")
-        num_frames = stream.frames or max(1, round(duration * fps))
-        cc = stream.codec_context
-        if not cc.width or not cc.height:
-            raise MediaError(f"{path}: video stream has no frame size (corrupt header?)")
-        return VideoInfo(
-            path=str(path),
-            duration=duration,
-            fps=fps if fps > 0 else num_frames / max(duration, 1e-9),
-            num_frames=int(num_frames),
-            width=int(cc.width),
-            height=int(cc.height),
-            has_audio=len(container.streams.audio) > 0,
-        )
+        return _video_info(container, path)
     finally:
         container.close()
+
+
+def _video_info(container: av.container.InputContainer, path: str | Path) -> VideoInfo:
+    """The :class:`VideoInfo` of an open container (header only)."""
+    stream = _video_stream(container, path)
+    fps = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0)
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / AV_TIME_BASE
+    elif stream.frames and fps > 0:
+        duration = stream.frames / fps
+    else:
+        raise MediaError(f"{path}: the container gives no duration")
+    num_frames = stream.frames or max(1, round(duration * fps))
+    cc = stream.codec_context
+    if not cc.width or not cc.height:
+        raise MediaError(f"{path}: video stream has no frame size (corrupt header?)")
+    return VideoInfo(
+        path=str(path),
+        duration=duration,
+        fps=fps if fps > 0 else num_frames / max(duration, 1e-9),
+        num_frames=int(num_frames),
+        width=int(cc.width),
+        height=int(cc.height),
+        has_audio=len(container.streams.audio) > 0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,84 +272,314 @@ def _check_sampling(
 # ---------------------------------------------------------------------------------------------
 # Decoding
 
+LANDING_SLACK_S = 1e-3  # a seek whose first frame comes later than this after the target missed
+SEEK_TRIES = 3  # seeks, each further back, before decoding from the start instead
+
 
 def read_frames(
-    path: str | Path, times: Sequence[float], *, short_side: int | None = None
+    path: str | Path,
+    times: Sequence[float],
+    *,
+    short_side: int | None = None,
+    pad_truncated: bool = False,
 ) -> torch.Tensor:
-    """Decode the frames nearest to ``times``.
+    """Decode the frames nearest to ``times`` (one open, one keyframe-aware pass).
 
-    Seeks to the key frame before the earliest time, decodes forward, and for each wanted time
-    keeps the frame whose timestamp is nearest (so variable frame rate is handled); times past
-    the last frame give the last frame. Only the chosen frames are converted to RGB. If a seek
-    lands after the wanted time (a broken index), decoding restarts from the beginning.
+    For each wanted time the frame whose timestamp is nearest is kept (ties go to the earlier
+    frame), so variable frame rate is handled; times past the last frame give the last frame.
+    Only the chosen frames are converted to RGB. See :class:`VideoFile` for what is decoded.
 
     Args:
         path: a video file.
         times: T timestamps in seconds from the first frame, in any order, repeats allowed.
-        short_side: if given, resize (FFmpeg's area-averaging scaler, so downscaling is
-            anti-aliased) so the shorter side has this many pixels, keeping the aspect ratio.
+        short_side: if given and the frame's shorter side is longer, shrink it to this many
+            pixels (FFmpeg's area-averaging scaler, anti-aliased), keeping the aspect ratio.
+            Smaller frames are never enlarged: the crop transforms resize anyway.
+        pad_truncated: for a file that decodes to less than its header says, give times past
+            the decodable end its last frame instead of raising.
 
     Returns:
         uint8 (T, H, W, 3) RGB frames, in the order of ``times``.
 
     Raises:
+        TruncatedMediaError: times past the decodable end of a truncated file (unless
+            ``pad_truncated``).
         MediaError: the file cannot be opened or decoded, or has no video stream.
     """
-    if len(times) == 0:
-        raise ValueError("times is empty")
-    container = open_media(path)
-    try:
-        chosen = _decode_nearest(container, path, list(times), seek=min(times) > 0)
-        if chosen is None:  # the seek overshot: decode again from the start, without seeking
-            container.close()
-            container = open_media(path)
-            chosen = _decode_nearest(container, path, list(times), seek=False)
-        assert chosen is not None
-        images = [_to_rgb(frame, short_side) for frame in chosen]
-    except av.FFmpegError as e:
-        raise MediaError(f"{path}: cannot decode video ({_reason(e)})") from e
-    finally:
-        container.close()
-    return torch.from_numpy(np.stack(images))  # (T, H, W, 3)
+    with VideoFile(path) as video:
+        return video.frames(times, short_side=short_side, pad_truncated=pad_truncated)
 
 
-def _decode_nearest(
-    container: av.container.InputContainer, path: str | Path, times: list[float], seek: bool
-) -> list[av.VideoFrame] | None:
-    """Frames nearest to each time (in the order given); None if a seek went past the first."""
-    stream = _video_stream(container, path)
-    stream.thread_type = "AUTO"  # frame and slice threads
-    tb = float(stream.time_base)
-    origin = stream.start_time or 0  # pts of the first frame, in time_base units
-    fps = float(stream.average_rate or stream.guessed_rate or 25)
-    order = sorted(range(len(times)), key=times.__getitem__)
-    chosen: list[av.VideoFrame | None] = [None] * len(times)
-    if seek:
-        container.seek(origin + int(times[order[0]] / tb), stream=stream, backward=True)
-    k = 0  # next position in `order` to resolve
-    prev: av.VideoFrame | None = None
-    prev_t = -math.inf
-    for i, frame in enumerate(container.decode(stream)):
-        t = _frame_time(frame, tb, origin)
-        if t is None:  # no timestamp: count frames, which only works from the start
-            if seek:
-                return None
-            t = i / fps
-        if seek and prev is None and t > times[order[0]] + 1e-3 and t > 0:
-            return None  # landed after the first wanted frame
-        while k < len(order) and times[order[k]] <= t:
-            want = times[order[k]]
-            # nearest of the previous and this frame; ties go to the earlier frame
-            chosen[order[k]] = prev if prev is not None and want - prev_t <= t - want else frame
-            k += 1
-        if k == len(order):
-            break
-        prev, prev_t = frame, t
-    if prev is None and chosen[order[0]] is None:
-        raise MediaError(f"{path}: no video frame could be decoded")
-    for j in order[k:]:  # past the last frame
-        chosen[j] = prev
-    return chosen  # type: ignore[return-value]
+@dataclass
+class DecodeCount:
+    """The work a reader did (tests and benchmarks read it)."""
+
+    frames: int = 0  # frames out of the video decoder
+    seeks: int = 0
+    samples: int = 0  # audio samples out of the audio decoder (input rate)
+
+    def __add__(self, other: DecodeCount) -> DecodeCount:
+        return DecodeCount(
+            self.frames + other.frames, self.seeks + other.seeks, self.samples + other.samples
+        )
+
+
+class _SeekMissed(Exception):
+    """A seek did not land at or before its frame (a broken index, a cut file): start over."""
+
+
+class VideoFile:
+    """An open video file: its header, and the frames nearest to any times.
+
+    Decodes only what the wanted frames need. Wanted times are visited in time order; the
+    decoder seeks when the keyframe a seek would land on lies after the frame decoded last
+    (decoding from there costs less than decoding on), and decodes on otherwise. That is never
+    more work than decoding sequentially or seeking to every frame, whichever the keyframe
+    spacing favours, and needs no threshold. Keyframe times come from the container's index
+    (mp4 ``stss``, avi ``idx1``, mkv cues: read at open, nothing decoded), else from one pass
+    over the packet headers. A seek whose first frame comes after the wanted time (a demuxer
+    that picks keyframes by decode time, a broken index) is retried further back, and after
+    :data:`SEEK_TRIES` misses the file is decoded from the start without seeking: the frames
+    are always the ones a sequential decode picks.
+
+    Args:
+        path: the file.
+        container: an open container of ``path`` to share with its audio reader (the caller
+            closes it); None opens one.
+        threads: FFmpeg decoder threads: ``"NONE"``, or ``"AUTO"`` (frame and slice threads:
+            less wall time in a lone process; never in one that forks while this object may
+            still be garbage-collected, see :class:`mbt.data.clip.MediaReader`).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        container: av.container.InputContainer | None = None,
+        threads: Literal["AUTO", "NONE"] = "NONE",
+    ) -> None:
+        self.path = path
+        self.threads = threads
+        self._own = container is None
+        self.container = open_media(path) if container is None else container
+        try:
+            self.info = _video_info(self.container, path)
+        except BaseException:
+            self.close()
+            raise
+        self._fresh = self._own  # nothing read yet: decoding from the start needs no seek
+        self._keys: list[float] | None = None  # keyframe times, read when a seek is considered
+        self._seek_ok = True  # off once a seek lands behind the position (a broken index)
+        self._pos: float | None = None  # time of the frame decoded last
+        self._error: str | None = None  # the FFmpeg error that ended decoding, if any
+        self.end: float | None = None  # time of the last frame, once decoding reached it
+        self.past_end = 0  # wanted times past the decodable end of a truncated file (padded)
+        self.count = DecodeCount()
+        self._setup_stream()
+
+    def _setup_stream(self) -> None:
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = self.threads
+        self._tb = float(self.stream.time_base)
+        self._origin = self.stream.start_time or 0  # pts of the first frame, time_base units
+        self._half = 0.5 / self.info.fps  # the nearest frame to t is at t - half or later
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the container if this reader opened it."""
+        if self._own:
+            self.container.close()
+
+    def frames(
+        self, times: Sequence[float], *, short_side: int | None = None, pad_truncated: bool = False
+    ) -> torch.Tensor:
+        """uint8 (T, H, W, 3): the frames nearest to ``times``; arguments, errors and choice
+        as :func:`read_frames`."""
+        times = [float(t) for t in times]
+        if not times:
+            raise ValueError("times is empty")
+        try:
+            try:
+                chosen = self._nearest(times, seek=True)
+            except _SeekMissed:  # decode from the start, as a file without index would
+                self._reopen()
+                chosen = self._nearest(times, seek=False)
+        except av.FFmpegError as e:
+            raise MediaError(f"{self.path}: cannot decode video ({_reason(e)})") from e
+        self._check_end(times, pad_truncated)
+        return torch.from_numpy(np.stack(_to_arrays(chosen, short_side)))  # (T, H, W, 3)
+
+    def _reopen(self) -> None:
+        self.close()
+        self.container, self._own, self._fresh = open_media(self.path), True, True
+        self._seek_ok, self._pos = False, None
+        self._setup_stream()
+
+    def _nearest(self, times: list[float], seek: bool) -> list[av.VideoFrame]:
+        """The decoded frame nearest to each time, in the order given."""
+        order = sorted(range(len(times)), key=times.__getitem__)
+        chosen: list[av.VideoFrame] = [None] * len(times)  # type: ignore[list-item]
+        self.end, k = None, 0
+        while k < len(order):
+            k = self._run(times, order, k, chosen, seek)
+        return chosen
+
+    def _run(
+        self,
+        times: list[float],
+        order: list[int],
+        k: int,
+        chosen: list[av.VideoFrame],
+        seek: bool,
+    ) -> int:
+        """Place the decoder before the ``k``-th wanted time (a seek, or the start), decode on
+        and resolve wanted times until all are, a seek reaches the next one sooner, or the
+        stream ends. Returns the index in ``order`` of the first unresolved time."""
+        start, before, prev = k, self._pos, None  # prev: (time, frame) decoded last in this run
+        frames, sought = self._place(times[order[k]], seek)
+        for t, frame in frames:
+            if prev is None and sought and before is not None and t <= before:
+                self._seek_ok = False  # a seek went backwards: the index is not to trust
+            while k < len(order) and times[order[k]] <= t:
+                w = times[order[k]]
+                # the nearer of the previous and this frame; ties go to the earlier frame
+                chosen[order[k]] = prev[1] if prev is not None and w - prev[0] <= t - w else frame
+                k += 1
+            prev, self._pos = (t, frame), t
+            if k == len(order):
+                return k
+            if seek and k > start and self._seek_helps(t, times[order[k]]):
+                return k  # (only once this run resolved a time: each run makes progress)
+        if prev is None:  # nothing decodes from here
+            if sought:
+                raise _SeekMissed
+            raise MediaError(f"{self.path}: no video frame could be decoded{self._why()}")
+        self.end = prev[0]  # the stream ended: later times get its last frame
+        for j in order[k:]:
+            chosen[j] = prev[1]
+        return len(order)
+
+    def _place(self, want: float, seek: bool) -> tuple[Iterator[tuple[float, av.VideoFrame]], bool]:
+        """Decoded frames from the keyframe before ``want`` (a seek) or from the start, and
+        whether it sought. A seek whose first frame comes after ``want`` (the demuxer picked
+        its keyframe by decode time, or the index is off) is retried further back."""
+        if seek:
+            self._keyframe_times()  # now: without an index this reads the packets
+        if not (seek and self._needs_seek(want)):
+            assert self._fresh, "decoding on from a used container without a seek"
+            self._fresh = False
+            return self._decoded(sought=False), False
+        self._fresh = False
+        back = 0.0  # seconds before `want - half` to seek to
+        for _ in range(SEEK_TRIES):
+            target = self._origin + max(0, int((want - self._half - back) / self._tb))
+            try:
+                self.container.seek(target, stream=self.stream, backward=True)
+            except av.FFmpegError as e:
+                raise _SeekMissed from e
+            self.count.seeks += 1
+            frames = self._decoded(sought=True)
+            first = next(frames, None)
+            if first is None:  # nothing decodes after it: a cut file
+                raise _SeekMissed
+            t = first[0]
+            if t <= want + LANDING_SLACK_S or t <= 0:
+                return itertools.chain([first], frames), True
+            back = 2 * back + (t - want) + 1.0
+        raise _SeekMissed
+
+    def _needs_seek(self, want: float) -> bool:
+        """False only when a fresh container reaches ``want`` from its first keyframe."""
+        keys = self._keyframe_times()
+        return not self._fresh or bisect.bisect_right(keys, want - self._half + 1e-6) > 1
+
+    def _seek_helps(self, t: float, want: float) -> bool:
+        """Whether the keyframe a seek for ``want`` lands on comes after the frame at ``t``."""
+        if not self._seek_ok or want - self._half <= t:
+            return False
+        keys = self._keyframe_times()
+        j = bisect.bisect_right(keys, want - self._half + 1e-6) - 1  # last key at/before it
+        return j >= 0 and keys[j] > t + LANDING_SLACK_S
+
+    def _keyframe_times(self) -> list[float]:
+        """Display times (s from the first frame) of the keyframes, sorted."""
+        if self._keys is None:
+            self._keys = self._indexed_keyframes() or self._demuxed_keyframes()
+        return self._keys
+
+    def _indexed_keyframes(self) -> list[float]:
+        """Keyframe times from the container's index; [] if it has none worth trusting."""
+        entries = self.stream.index_entries
+        if entries is None or len(entries) == 0:
+            return []
+        # Index timestamps are decode times: the first entry is the first frame, shown at 0
+        # (with B-frames it is decoded a frame or two before it is shown).
+        first = entries[0].timestamp
+        keys = sorted((e.timestamp - first) * self._tb for e in entries if e.is_keyframe)
+        # An index of every frame (mp4, avi) is complete; a sparse one (mkv cues) with a
+        # single keyframe may just lack the others.
+        complete = len(entries) >= self.info.num_frames - 1
+        return keys if keys and (complete or len(keys) > 1) else []
+
+    def _demuxed_keyframes(self) -> list[float]:
+        """Keyframe times from one pass over the packet headers (nothing decoded)."""
+        keys = []
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.is_keyframe and packet.pts is not None:
+                    keys.append((packet.pts - self._origin) * self._tb)
+        except av.FFmpegError:
+            pass  # a damaged tail: the keyframes before it are still right
+        self._fresh = False  # the demuxer stands at the end now
+        return sorted(keys) or [0.0]
+
+    def _decoded(self, sought: bool) -> Iterator[tuple[float, av.VideoFrame]]:
+        """(time, frame) from where the demuxer stands. An FFmpeg error after the first frame
+        ends the stream there: the decodable end of a damaged or cut file."""
+        frames = self.container.decode(self.stream)
+        for i in itertools.count():
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except av.FFmpegError as e:
+                if self.count.frames == 0:
+                    raise  # nothing decodes at all: not a readable video
+                self._error = _reason(e)
+                return
+            self.count.frames += 1
+            t = _frame_time(frame, self._tb, self._origin)
+            if t is None:  # no timestamp: count frames, which only works from the start
+                if sought:
+                    raise _SeekMissed
+                t = i / self.info.fps
+            yield t, frame
+
+    def _check_end(self, times: list[float], pad: bool) -> None:
+        """Raise (or count, with ``pad``) wanted times past the end of a truncated file."""
+        if self.end is None:
+            return
+        decodable = self.end + 1 / self.info.fps
+        past = sum(t > self.end + self._half for t in times)
+        exact = self.stream.duration is not None  # else the container's length
+        if past == 0 or not is_truncated(self.info.duration, decodable, stream_length=exact):
+            return
+        if pad:
+            self.past_end += past
+            return
+        raise TruncatedMediaError(
+            f"{self.path}: truncated: the header says {self.info.duration:.2f} s of video, "
+            f"frames decode to {decodable:.2f} s{self._why()}; {past} of {len(times)} "
+            "sampled frame times lie past that"
+        )
+
+    def _why(self) -> str:
+        return f" (decoding stopped: {self._error})" if self._error else ""
 
 
 def _frame_time(frame: av.VideoFrame, tb: float, origin: int) -> float | None:
@@ -316,16 +588,23 @@ def _frame_time(frame: av.VideoFrame, tb: float, origin: int) -> float | None:
     return None if pts is None else (pts - origin) * tb
 
 
+def _to_arrays(frames: list[av.VideoFrame], short_side: int | None) -> list[np.ndarray]:
+    """RGB arrays of ``frames``, each distinct frame converted once."""
+    done: dict[int, np.ndarray] = {}
+    for frame in frames:
+        if id(frame) not in done:
+            done[id(frame)] = _to_rgb(frame, short_side)
+    return [done[id(frame)] for frame in frames]
+
+
 def _to_rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
-    """uint8 (H, W, 3), optionally resized so min(H, W) == short_side."""
-    if short_side is None:
-        return frame.to_ndarray(format="rgb24")
+    """uint8 (H, W, 3), shrunk so min(H, W) == short_side when it is larger (never enlarged)."""
     w, h = frame.width, frame.height
+    if short_side is None or min(w, h) <= short_side:
+        return frame.to_ndarray(format="rgb24")
     scale = short_side / min(w, h)
     size = (
         (short_side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), short_side)
     )
-    if size == (w, h):
-        return frame.to_ndarray(format="rgb24")
     resized = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
     return resized.to_ndarray()
