@@ -35,7 +35,7 @@ def test_train_evaluate_predict(demo_root, tmp_path, capsys):
     assert set(ev["results"]) == {"av", "audio_only", "video_only", "av_fusion_off"}
     assert ev["views"] == {"clips": 2, "crops": 1} and ev["epoch"] == 2
     assert ev["precision"] == "fp32"  # the run's train.precision (configs/demo.yaml pins it)
-    assert 0.0 <= ev["results"]["av"]["top1"] <= 1.0 and (run / "confusion.png").is_file()
+    assert (run / "confusion.png").is_file()  # that training learns: tests/training/test_learns.py
 
     video = sorted((demo_root / "video").rglob("*.mp4"))[0]
     assert main(["predict", str(run), str(video), "--top-k", "3", "--json"]) == 0
@@ -112,6 +112,7 @@ def test_presets_cover_the_shipped_recipes():
         "demo",
         "demo_audio",
         "demo_video",
+        "demo_pairing",
         "mbt_b16_paper",
         "pjzuf_c101",
         "ucf101_av",

@@ -150,13 +150,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="generate demo data, train, evaluate (a few minutes on CPU)",
-        description="Demo data -> cache -> train configs/demo.yaml -> evaluate.",
+        description="Demo data -> cache -> train -> evaluate, in two stages: configs/demo.yaml "
+        "on the additive demo classes, then configs/demo_pairing.yaml (MBT, late fusion, audio "
+        "only, video only) on the interaction classes only MBT can solve.",
     )  # fmt: skip
     p.add_argument("--out", default="runs/demo", help="folder for data, cache and runs")
     p.add_argument("--seed", type=int, default=0, help="demo data seed")
     p.add_argument(
         "--baselines", action="store_true",
-        help="also train the audio-only and video-only models for comparison",
+        help="also train the audio-only and video-only models on the additive classes",
     )  # fmt: skip
     p.add_argument("overrides", **OVERRIDES)
     p.set_defaults(func=_cmd_demo)

@@ -93,6 +93,10 @@ class ModelConfig:
     # Audio stream from AST, applied after ``init``: "" (none), an HF AST folder or weights
     # file, an original AST .pth, or a Hub id (org/name). See mbt.model.inits.
     audio_init: str = ""
+    # Warm start, applied last: "" (none) or an mbt run, checkpoint or model folder. Every
+    # weight whose name and shape match is copied, except the classifier head (new classes);
+    # a run directory gives its ``last`` checkpoint (the weights training ended with).
+    warm_start: str = ""
 
     def __post_init__(self) -> None:
         _check_finite(self, "model")
@@ -275,6 +279,8 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
     log_every: int = 10  # steps between progress-bar metric refreshes
     threads: int = 0  # CPU threads per process (torch.set_num_threads); 0 = torch's default
+    # Parameter-name prefixes kept fixed (e.g. [embed., layers.0.]): each must name a parameter
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_finite(self, "train")

@@ -7,8 +7,8 @@ Every clip has a visual attribute and an audio attribute that both last the whol
 - sound: a low hum (``L``, 300-550 Hz and its octave), a high beep (``B``, a 1.8-2.6 kHz tone) or
   a hiss (``S``, noise band 4.5-6.5 kHz), with random level, phase, slow tremolo, clicks and noise.
 
-Classes are defined over (picture, sound) pairs so that neither modality alone can exceed
-50 % accuracy while the pair identifies the class exactly. Two class sets:
+Classes are defined over (picture, sound) pairs so that neither modality alone predicts the
+class while the pair identifies it exactly. Two class sets:
 
 ``"cycle"`` (default): six classes, one pair each, every picture and every sound in two classes::
 
@@ -17,17 +17,19 @@ Classes are defined over (picture, sound) pairs so that neither modality alone c
 
 Neighbours in this cycle differ in one modality only (HorizHum / HorizBeep only in sound,
 HorizBeep / VertBeep only in picture, ...), so the sound alone leaves two equally likely classes,
-as does the picture (Bayes accuracy 50 % each); the pair decides (100 %). Late fusion (adding
-per-modality logits) can solve it, so a tiny model learns it in minutes.
+as does the picture (Bayes accuracy 50 % each); the pair decides (100 %). The classes are
+additive: late fusion (adding per-modality logits) solves them as well as MBT does.
 
-``"xor"``: classes that differ only in how picture and sound are combined::
+``"pairing"``: an interaction. Give each picture its own sound (H -> L, V -> B, C -> S); the
+class says which sound the picture got (a 3 x 3 Latin square of picture x sound)::
 
-    CrossA (H, L) or (V, B)   CrossB (H, B) or (V, L)   CheckHum (C, L)   CheckBeep (C, B)
-    HorizHiss (H, S)          VertHiss (V, S)
+    Own  (H, L) (V, B) (C, S)    Next (H, B) (V, S) (C, L)    Prev (H, S) (V, L) (C, B)
 
-CrossA and CrossB have the same pictures and the same sounds; only the combination tells them
-apart, which no sum of per-modality logits can represent (late fusion cannot solve it: this set
-shows what cross-modal exchange adds, but the tiny model needs much longer training).
+Every picture and every sound occurs equally often in every class, so one modality alone says
+nothing (Bayes accuracy 33 %), and no sum of a picture score and a sound score separates the
+classes: on balanced data the cross-entropy optimum of such a sum is the uniform prediction.
+Only a model that lets the streams exchange information before the head (MBT) can solve it.
+With ``clips_per_group=3`` each group (scene) holds each pair of its class once.
 
 The files use the PJZUF-C101 layout read by :func:`mbt.data.layouts.scan`::
 
@@ -62,13 +64,10 @@ CLASS_SETS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
         "VertBeep": (("V", "B"),),
         "VertHiss": (("V", "S"),),
     },
-    "xor": {
-        "CheckBeep": (("C", "B"),),
-        "CheckHum": (("C", "L"),),
-        "CrossA": (("H", "L"), ("V", "B")),
-        "CrossB": (("H", "B"), ("V", "L")),
-        "HorizHiss": (("H", "S"),),
-        "VertHiss": (("V", "S"),),
+    "pairing": {
+        "Next": (("H", "B"), ("V", "S"), ("C", "L")),
+        "Own": (("H", "L"), ("V", "B"), ("C", "S")),
+        "Prev": (("H", "S"), ("V", "L"), ("C", "B")),
     },
 }
 CLASSES = CLASS_SETS["cycle"]  # the default set
@@ -101,14 +100,14 @@ def make_demo_data(
     Args:
         out: Folder to create. It must not exist or be empty unless ``overwrite``.
         seed: Seed of everything random.
-        clips_per_class: Clips per class; an even number keeps the two (picture, sound) pairs
-            of the XOR classes balanced.
+        clips_per_class: Clips per class; a multiple of 3 keeps the three (picture, sound)
+            pairs of the ``pairing`` classes balanced.
         clips_per_group: Clips sharing one "scene" (texture period and tone).
         duration: Range of clip lengths in seconds (each at least 1.3 s so that the 1.28 s audio
             window of the demo model fits).
         embedded_audio_every: One clip in this many keeps its sound in the mp4 (AAC) instead of a
             wav file; 0 = never.
-        classes: The class set, ``"cycle"`` or ``"xor"`` (see the module docstring).
+        classes: The class set, ``"cycle"`` or ``"pairing"`` (see the module docstring).
         overwrite: Replace an existing non-empty ``out``.
 
     Returns:
@@ -182,7 +181,7 @@ def _write_clip(tmp: Path, spec: _Spec, ci: int, name: str, k: int) -> bool:
     scene = np.random.default_rng([spec.seed, g])
     rng = np.random.default_rng([spec.seed, ci, g, c])
     pairs = spec.class_set[name]
-    picture, sound = pairs[k % len(pairs)]  # both pairs in every group
+    picture, sound = pairs[k % len(pairs)]  # every pair in every group of len(pairs) clips
     stem = f"v_{name}_g{g:02d}_c{c:02d}"
     secs = float(rng.uniform(*spec.duration))
     frames = _render_video(picture, secs, scene, rng)
@@ -360,15 +359,18 @@ def _readme(spec: _Spec, n_wav: int, n_embedded: int) -> str:
         pairs = " or ".join(f"({PICTURES[p]}, {SOUNDS[s]})" for p, s in class_set[name])
         rows.append(f"  {name:<10} {pairs}")
     n = clips_per_class * len(class_set)
-    if any(len(p) > 1 for p in class_set.values()):
-        how = """CrossA and CrossB differ only in how picture and sound are combined (XOR), CheckHum and
-CheckBeep only in sound, HorizHiss and VertHiss only in picture. Each sound value (and each
-picture value) is shared by three classes, one holding half the clips with that value and two a
-quarter each"""
+    if spec.classes == "pairing":
+        how = """Each picture has its own sound (horizontal stripes: hum, vertical stripes: beep,
+checkerboard: hiss); the class says which sound it got: its own, the next one or the previous
+one. Every picture and every sound occurs equally often in every class, so audio alone or video
+alone gives 33 % at best, and no sum of a picture score and a sound score does better (late
+fusion cannot solve it); audio and video together determine the class (100 %)."""
     else:
         how = """Each class shares its picture with one class and its sound with another (HorizHum and
 HorizBeep differ only in sound, HorizBeep and VertBeep only in picture, ...). Each sound value
-(and each picture value) is shared by two classes with equal mass"""
+(and each picture value) is shared by two classes with equal mass, so the best possible
+accuracy from audio alone or video alone is 50 %; audio and video together determine the
+class (100 %)."""
     return f"""MBT demo data set (generated by mbt.data.demo.make_demo_data, seed={seed})
 
 {len(class_set)} classes x {clips_per_class} clips = {n} clips, groups of {clips_per_group} clips
@@ -388,7 +390,5 @@ with random colours, period (10-15 px) and slow drift, 0-2 moving clutter blobs,
 Sounds: low hum (300-550 Hz and its octave), high beep (a 1.8-2.6 kHz tone) or hiss
 (noise 4.5-6.5 kHz), with random level, phase and tremolo, over background noise and clicks.
 
-{how},
-so the best possible accuracy from audio alone or video alone is 50 %; audio and video
-together determine the class (100 %).
+{how}
 """

@@ -1,6 +1,6 @@
 """The pretrained weights a training run starts from, fetched before anything else.
 
-Two config values name them (both empty = random weights):
+Three config values name them (all empty = random weights):
 
 - ``model.init``: an ImageNet ViT copied into every stream (:func:`~mbt.model.pretrained.
   init_from_vit`): a timm model name (fetched by timm from the Hugging Face Hub) or a local
@@ -9,7 +9,12 @@ Two config values name them (both empty = random weights):
   (:func:`~mbt.model.ast.init_audio_from_ast`): an HF transformers AST folder or weights file,
   an original AST ``.pth``, or a Hub id such as ``MIT/ast-finetuned-audioset-10-10-0.4593``.
 
-With both, the video stream keeps the ViT and the audio stream (blocks, patch kernel,
+- ``model.warm_start``: an mbt run, checkpoint or model folder (:func:`warm_start_state`), copied
+  last: every weight whose name and shape match, except the classifier head. This is how a
+  model trained on one task starts another (``mbt demo``'s second stage; fine-tuning on new
+  classes).
+
+With ``init`` and ``audio_init``, the video stream keeps the ViT and the audio stream (blocks, patch kernel,
 positions, CLS and distillation tokens) is AST's; the shared final LayerNorm stays the ViT's,
 since it normalises both streams' tokens and only one can be copied.
 
@@ -27,9 +32,12 @@ import huggingface_hub
 import timm
 import torch
 from huggingface_hub.utils import EntryNotFoundError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from mbt.config import ModelConfig
 from mbt.model.ast import ASTWeights, init_audio_from_ast, load_ast
+from mbt.model.hub import WEIGHTS, resolve_folder
 from mbt.model.pretrained import init_from_vit, load_vit_state_dict
 
 AST_FILES = ("model.safetensors", "pytorch_model.bin")  # an HF AST repository's weights
@@ -44,6 +52,8 @@ class InitWeights:
     ast: ASTWeights | None = None
     vit_source: str = ""
     ast_source: str = ""
+    warm: dict[str, torch.Tensor] | None = None
+    warm_source: str = ""
 
     def describe(self) -> str:
         """One line for the run's log: which stream starts from what."""
@@ -54,6 +64,8 @@ class InitWeights:
             parts.append(f"AST {self.ast_source} -> audio stream")
         elif self.ast_source:
             parts.append(f"model.audio_init={self.ast_source} not used: no audio stream")
+        if self.warm is not None:
+            parts.append(f"warm start from {self.warm_source} (all but the head)")
         return "init: " + ("; ".join(parts) if parts else "random weights")
 
 
@@ -70,6 +82,9 @@ def load_init_weights(cfg: ModelConfig) -> InitWeights:
         weights.vit = _load_vit(cfg.init)
     if cfg.audio_init and "audio" in cfg.modalities:
         weights.ast = _load_ast(cfg.audio_init)
+    if cfg.warm_start:
+        folder = _warm_folder(cfg.warm_start)
+        weights.warm, weights.warm_source = warm_start_state(folder), str(folder)
     return weights
 
 
@@ -86,6 +101,49 @@ def apply_init(model: torch.nn.Module, weights: InitWeights) -> None:
             init_audio_from_ast(model, weights.ast, final_norm=weights.vit is None)
         except ValueError as e:
             raise ValueError(f"model.audio_init={weights.ast_source}: {e}") from None
+    if weights.warm is not None:
+        copy_matching(model, weights.warm, weights.warm_source)
+
+
+# ---------------------------------------------------------------------------------------------
+# model.warm_start: another mbt model
+
+
+def _warm_folder(source: str) -> Path:
+    """The model folder of a run (its ``last`` checkpoint), a checkpoint or a model folder."""
+    try:
+        return resolve_folder(source, "last")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model.warm_start={source}: {e}") from None
+
+
+def warm_start_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a model folder, without the classifier head (``head.*``)."""
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"model.warm_start={folder}: unreadable weights ({e})") from None
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
+def copy_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> int:
+    """Copy every tensor of ``state`` whose name and shape ``model`` has; return how many.
+
+    A late-fusion model has no bottleneck tokens, a one-stream model only its stream: those
+    tensors of a fused source are left out, the rest is copied.
+
+    Raises:
+        ValueError: nothing matches (another architecture or width).
+    """
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not take:
+        raise ValueError(
+            f"model.warm_start={source}: no weight has the name and shape of this model's "
+            f"(width {getattr(model.cfg, 'width', '?')}); was it trained with another config?"
+        )
+    model.load_state_dict(take, strict=False)
+    return len(take)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -248,6 +248,25 @@ def build_model(cfg: RunConfig) -> nn.Module:
     return MBT(cfg.model)
 
 
+def freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Keep the parameters whose names start with one of ``prefixes`` fixed (``train.freeze``).
+
+    Raises:
+        ValueError: a prefix that names no parameter (a typo would silently train everything).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(
+                f"train.freeze: {prefix!r} names no parameter of this model "
+                f"(its parameter names start with {', '.join(tops)})"
+            )
+    for name, p in model.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            p.requires_grad_(False)
+
+
 def build_engine(
     cfg: RunConfig, data: RunData, info: dist.DistInfo, weights: InitWeights | None = None
 ) -> Engine:
@@ -258,6 +277,7 @@ def build_engine(
     model = build_model(cfg)
     if weights is not None:
         apply_init(model, weights)
+    freeze(model, tc.freeze)
     model = model.to(info.device)
     net: nn.Module = model
     if info.distributed:
