@@ -199,6 +199,10 @@ def test_cache_settings_must_match(data, tmp_path, tiny_model_cfg, demo_data_cfg
         CachedDataset(out, "val", replace(tiny_model_cfg, mel_bins=128), demo_data_cfg, train=False)
     with pytest.raises(ValueError, match="no cache index"):
         CachedDataset(tmp_path / "nothing", "val", tiny_model_cfg, demo_data_cfg, train=False)
+    # The splits are the cache's: another val_fraction would be silently ignored
+    other = replace(demo_data_cfg, val_fraction=demo_data_cfg.val_fraction / 2)
+    with pytest.raises(ValueError, match=r"prepared with data.val_fraction=.*prepare it again"):
+        CachedDataset(out, "val", tiny_model_cfg, other, train=False)
 
 
 def test_reused_clips_take_labels_from_the_new_scan(data, tmp_path, tiny_model_cfg, demo_data_cfg):

@@ -675,7 +675,7 @@ def prepare(
         for folder in (out, out / "clips"):  # what a run killed mid-write left
             remove_temporaries(folder, dead_only=True)
         report = PrepareReport(out=str(out), scan=index.report.format())
-        cache = _IndexFile(out, settings, index)
+        cache = _IndexFile(out, settings, index, split_settings(cfg))
         jobs = cache.plan(retry_failed, report)
         _decode_all(
             jobs, decode, cache, report, workers=workers, timeout=timeout, progress=progress
@@ -737,8 +737,10 @@ class _IndexFile:
     """``index.json`` while :func:`prepare` rebuilds it: the clips kept so far, the failures,
     and what the previous run left (reused when neither the settings nor the file changed)."""
 
-    def __init__(self, out: Path, settings: dict[str, Any], index: DataIndex) -> None:
-        self.out, self.settings, self.index = out, settings, index
+    def __init__(
+        self, out: Path, settings: dict[str, Any], index: DataIndex, split: dict[str, Any]
+    ) -> None:
+        self.out, self.settings, self.index, self.split = out, settings, index, split
         self.id = settings_id(settings)
         self.root = Path(index.report.root).resolve()
         self.clips = {c.key: c for s in ("train", "val", "test") for c in index.split(s)}
@@ -813,6 +815,7 @@ class _IndexFile:
             "settings": self.settings,
             "classes": self.index.classes,
             "multi_label": self.index.multi_label,
+            "split": self.split,
             "splits": {
                 s: [c.key for c in self.index.split(s) if c.key in self.entries]
                 for s in ("train", "val", "test")
@@ -936,7 +939,28 @@ def open_index(folder: Path, model_cfg: ModelConfig, data_cfg: DataConfig) -> di
     """The cache's index, refused (ValueError) if it was built for other inputs."""
     data = read_index(folder)
     check_settings(data, model_cfg, data_cfg, folder)
+    check_split(data, data_cfg, folder)
     return data
+
+
+def split_settings(data_cfg: DataConfig) -> dict[str, Any]:
+    """The options that decide which clip goes to which split (fixed when a cache is made)."""
+    return {k: getattr(data_cfg, k) for k in ("split", "val_fraction", "split_seed")}
+
+
+def check_split(data: dict[str, Any], data_cfg: DataConfig, where: Path) -> None:
+    """Refuse (ValueError, one line) a config whose split options differ from the cache's:
+    the cache's splits would silently win. Caches made before the index recorded them pass."""
+    made, now = data.get("split"), split_settings(data_cfg)
+    if made is None:
+        return
+    diff = [k for k in now if made.get(k) != now[k]]
+    if diff:
+        raise ValueError(
+            f"{where}: prepared with {', '.join(f'data.{k}={made.get(k)}' for k in diff)}, but "
+            f"the config has {', '.join(f'data.{k}={now[k]}' for k in diff)}; the splits are "
+            "fixed when the cache is made: prepare it again with this config, or use its values"
+        )
 
 
 def entry_clip(key: str, e: dict[str, Any], root: str) -> Clip:
