@@ -28,7 +28,7 @@ bytes, a truncated copy) are never loaded. The ``.<name>.old`` copy is used inst
 warning, when there is one; otherwise the error names the damaged file. A damaged ``state.pt``
 does not stop a model from loading (only training reads it).
 
-This module is part of the model layer: the training side (``mbt.training.checkpoint``) imports
+This module is part of the model layer: the training side (``training/checkpoint.py``) takes
 the file names, the folder resolution and the writer from here, never the reverse.
 """
 
