@@ -14,12 +14,14 @@ Protocol, for every grid point and seed (``mbt demo``'s two stages, ``mbt/demo.p
    validation split (144 clips, 2 temporal views), also with fusion switched off.
 
 The seed is the training seed of both stages; the data (seed 0) is generated and cached once.
-GFLOPs are one forward pass of one clip of the tiny demo model (``mbt.model.flops``).
+GFLOPs are one forward pass of one clip of the tiny demo model (``mbt.model.flops``). The
+"recipe" rows change one thing of the demo's MBT recipe each (no stage 1, the stage-2 learning
+rate, nothing frozen, the official per-modality loss in stage 2) to show what mattered.
 
 Writes ``<work>/ablation.jsonl`` (one row per finished run: a rerun skips those),
-``benchmarks/ablation/ablation.csv``, ``benchmarks/ablation/{lf,bottlenecks,regimes}.png`` and
-the "Fusion ablations" section of ``benchmarks/RESULTS.md`` (between its ``ablation:begin`` /
-``ablation:end`` markers, after the part ``run_all.py`` writes).
+``benchmarks/ablation/ablation.csv``, ``benchmarks/ablation/{lf,bottlenecks,regimes,recipe}.png``
+and the "Fusion ablations" section of ``benchmarks/RESULTS.md`` (between its ``ablation:begin``
+/ ``ablation:end`` markers, after the part ``run_all.py`` writes).
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ POINTS = {
     "shared Lf=2": {"fusion": "shared", "fusion_layer": 2},
     "late": {"fusion": "late", "fusion_layer": 2},  # freezes layers 0-1, as in mbt demo
 }
+MBT = "bottleneck Lf=2 B=4"  # the demo's model
+RECIPES = {  # the demo's MBT with one change to its recipe -> (stage-2 overrides, stage 1?)
+    "MBT from scratch (no stage 1)": ([], False),
+    "MBT, stage-2 lr 5e-4": (["train.lr=5e-4"], True),
+    "MBT, nothing frozen": (["train.freeze=[]"], True),
+    "MBT, per-modality loss": (["train.per_modality_loss=true"], True),
+}
+GRID = [*POINTS, *RECIPES]
 SWEEPS = {  # sweep -> (x label, {point: x})
     "lf": ("fusion layer Lf (4 = late fusion)", {
         "bottleneck Lf=0 B=4": 0, "bottleneck Lf=1 B=4": 1, "bottleneck Lf=2 B=4": 2,
@@ -77,6 +87,9 @@ SWEEPS = {  # sweep -> (x label, {point: x})
     }),
     "regimes": ("GFLOPs per clip (forward, tiny demo model)", {
         "bottleneck Lf=2 B=4": None, "vanilla Lf=2": None, "shared Lf=2": None, "late": None,
+    }),
+    "recipe": ("the demo's recipe, one change at a time", {
+        MBT: 0, **{name: i + 1 for i, name in enumerate(RECIPES)},
     }),
 }  # fmt: skip
 QUICK = ["bottleneck Lf=2 B=4", "late"]
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = _finished(work / "ablation.jsonl")
     todo = [
         (name, seed)
-        for name in (QUICK if args.quick else POINTS)
+        for name in (QUICK if args.quick else GRID)
         for seed in args.seeds
         if (name, seed) not in done or args.quick
     ]
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 with open(work / "ablation.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
             done[row["point"], row["seed"]] = row
-    rows = [done[k] for k in sorted(done, key=lambda k: (list(POINTS).index(k[0]), k[1]))]
+    rows = [done[k] for k in sorted(done, key=lambda k: (GRID.index(k[0]), k[1]))]
     table = summarise(rows)
     print(format_table(table))
     if not args.quick:
@@ -136,7 +149,7 @@ def _finished(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["point"], r["seed"]): r for r in rows if r["point"] in POINTS}
+    return {(r["point"], r["seed"]): r for r in rows if r["point"] in GRID}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,9 +164,10 @@ def run_point(
     name: str, seed: int, work: Path, cycle: Path, pairing: Path, common: list[str]
 ) -> dict[str, Any]:
     """Stage 1 then stage 2 of one grid point (see the module docstring); the result row."""
-    arch = [f"model.{k}={v}" for k, v in POINTS[name].items()]
-    lf = POINTS[name]["fusion_layer"]
-    frozen = ["embed."] + [f"layers.{i}." for i in range(lf)]
+    model = POINTS.get(name, POINTS[MBT])
+    extra, warm = RECIPES.get(name, ([], True))
+    arch = [f"model.{k}={v}" for k, v in model.items()]
+    frozen = ["embed."] + [f"layers.{i}." for i in range(model["fusion_layer"])]
     runs = work / "runs" / f"{name.replace(' ', '_').replace('=', '')}_s{seed}"
     start = time.perf_counter()
     shutil.rmtree(runs, ignore_errors=True)  # an unfinished run of an interrupted grid
@@ -162,20 +176,24 @@ def run_point(
     # stage 1 has a fixed length here (mbt demo: 40 epochs with early stopping); --quick's
     # train.epochs=2 in common comes last and wins
     cfg1 = load_config("demo", ["train.epochs=20", "train.early_stopping=0", *over, *common])
-    over2 = [*over, *common, f"model.warm_start={runs / 'stage1'}", f"train.freeze={frozen}"]
+    over2 = [*over, *common, f"train.freeze={frozen}", *extra]
+    if warm:
+        over2.append(f"model.warm_start={runs / 'stage1'}")
     cfg2 = load_config("demo_pairing", over2)
     with open(runs / "log.txt", "w") as log, contextlib.redirect_stdout(log):
-        s1 = train(with_cache(cfg1, cycle, work / "cache"), cycle, runs / "stage1")
+        s1 = (
+            train(with_cache(cfg1, cycle, work / "cache"), cycle, runs / "stage1") if warm else None
+        )
         train(with_cache(cfg2, pairing, work / "cache_pairing"), pairing, runs / "stage2")
         ev = evaluate_run(runs / "stage2", checkpoint="last", write=False)
     res = ev["results"]
     return {
         "point": name,
         "seed": seed,
-        **POINTS[name],
+        **model,
         "top1": round(100 * res["av"]["top1"], 2),
         "top1_fusion_off": round(100 * res.get("av_fusion_off", res["av"])["top1"], 2),
-        "stage1_top1": round(100 * s1["last_val"]["val_acc"], 2),
+        "stage1_top1": round(100 * s1["last_val"]["val_acc"], 2) if s1 else None,
         "gflops": round(count_flops(replace(cfg2.model, num_classes=3)) / 1e9, 4),
         "time_s": round(time.perf_counter() - start, 1),
     }
@@ -188,7 +206,7 @@ def run_point(
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per grid point: mean and std over seeds of top-1 and fusion-off top-1, GFLOPs."""
     table = {}
-    for name in POINTS:
+    for name in GRID:
         mine = [r for r in rows if r["point"] == name]
         if not mine:
             continue
@@ -200,9 +218,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "off_mean": statistics.fmean(off),
             "min": min(acc),
             "gflops": mine[0]["gflops"],
-            "stage1": statistics.fmean(r["stage1_top1"] for r in mine),
+            "stage1": _mean_or_none([r["stage1_top1"] for r in mine]),
         }
     return table
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if None in values else statistics.fmean(values)  # type: ignore[arg-type]
 
 
 def format_table(table: dict[str, dict[str, Any]]) -> str:
@@ -212,9 +234,10 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, t in table.items():
+        stage1 = "none" if t["stage1"] is None else f"{t['stage1']:.1f}"
         lines.append(
             f"| {name} | {t['n']} | {t['mean']:.1f} ± {t['std']:.1f} | {t['min']:.1f} | "
-            f"{t['off_mean']:.1f} | {t['stage1']:.1f} | {t['gflops']:.4f} |"
+            f"{t['off_mean']:.1f} | {stage1} | {t['gflops']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -259,6 +282,9 @@ def plot_sweep(sweep: str, xlabel: str, xs: dict, rows: list[dict], path: Path) 
     ax.set_ylim(0, 105)
     if sweep == "bottlenecks":
         ax.set_xscale("log", base=2)
+    if sweep == "recipe":  # categories: one tick per change
+        ax.set_xticks(list(xs.values()), ["the demo's"] + [n.removeprefix("MBT") for n in RECIPES])
+        ax.tick_params(axis="x", labelsize=6, rotation=20)
     ax.legend(fontsize=6, loc="lower left" if sweep != "lf" else "lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -278,7 +304,7 @@ Per-run rows: `benchmarks/ablation/ablation.csv`.
 {format_table(table)}
 
 ![accuracy vs Lf](ablation/lf.png) ![accuracy vs B](ablation/bottlenecks.png)
-![accuracy vs GFLOPs](ablation/regimes.png)
+![accuracy vs GFLOPs](ablation/regimes.png) ![the recipe, one change at a time](ablation/recipe.png)
 {END}"""
 
 
