@@ -263,7 +263,7 @@ def write_outputs(rows: list[dict[str, Any]], table: dict, args: argparse.Namesp
 
 
 def plot_sweep(sweep: str, xlabel: str, xs: dict, rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     for i, name in enumerate(xs):
         acc = [r["top1"] for r in rows if r["point"] == name]
         if not acc:
@@ -285,7 +285,11 @@ def plot_sweep(sweep: str, xlabel: str, xs: dict, rows: list[dict], path: Path) 
     if sweep == "recipe":  # categories: one tick per change
         ax.set_xticks(list(xs.values()), ["the demo's"] + [n.removeprefix("MBT") for n in RECIPES])
         ax.tick_params(axis="x", labelsize=6, rotation=20)
-    ax.legend(fontsize=6, loc="lower left" if sweep != "lf" else "lower right")
+    elif sweep == "regimes":  # GFLOPs: a few round ticks
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+    else:  # one tick per grid value
+        ax.set_xticks(sorted(xs.values()), [str(x) for x in sorted(xs.values())])
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
