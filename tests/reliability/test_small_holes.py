@@ -37,6 +37,7 @@ def test_overrides_may_follow_the_options_of_every_command(demo_root, tmp_path, 
     data = _small_data(demo_root, tmp_path / "data")
     cache = tmp_path / "cache"
     args = ["prepare", str(data), "--out", str(cache), "--config", "demo", "data.resize_short=40"]
+    args.append("data.val_fraction=0.4")  # the splits are the cache's: those TINY trains with
     assert main([*args, "--timeout", "60", "model.mel_bins=32"]) == 0
     settings = json.loads((cache / "index.json").read_text())["settings"]
     assert settings["short_side"] == 40 and settings["mel_bins"] == 32
