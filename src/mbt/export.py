@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mbt.files import atomic_path
 from mbt.model.hub import load_model
 
 DEFAULT_OPSET = 17
@@ -59,12 +60,12 @@ def export_onnx(model: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET
     inputs = example_inputs(model.cfg, batch=2)
     names = list(inputs)
     dynamic = {n: {0: "batch"} for n in [*names, "logits"]}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(out) as tmp:  # a killed export leaves no half file
         warnings.simplefilter("ignore")  # tracer warnings about shape asserts in the embeds
         torch.onnx.export(
             _LogitsOnly(model),
             tuple(inputs.values()),
-            str(out),
+            str(tmp),
             input_names=names,
             output_names=["logits"],
             dynamic_axes=dynamic,
