@@ -26,6 +26,7 @@ from typing import Any
 from mbt.config import RunConfig, load_config, replace
 from mbt.data.cache import prepare
 from mbt.data.demo import make_demo_data
+from mbt.files import write_atomic
 from mbt.training.evaluate import evaluate_run, format_report
 from mbt.training.loop import train
 
@@ -82,7 +83,7 @@ def run_demo(
         cfg = load_config("demo_pairing", [*warm, *extra, *overrides])
         cfg = with_cache(cfg, pairing, out / "cache_pairing")
         summary[sub] = train_and_evaluate(cfg, pairing, out / sub, title, "last")
-    (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(out / "demo.json", json.dumps(summary, indent=1))
     print(format_summary(summary))
     return summary
 
