@@ -14,9 +14,9 @@ Three config values name them (all empty = random weights):
   model trained on one task starts another (``mbt demo``'s second stage; fine-tuning on new
   classes).
 
-With ``init`` and ``audio_init``, the video stream keeps the ViT and the audio stream (blocks, patch kernel,
-positions, CLS and distillation tokens) is AST's; the shared final LayerNorm stays the ViT's,
-since it normalises both streams' tokens and only one can be copied.
+With ``init`` and ``audio_init``, the video stream keeps the ViT and the audio stream (blocks,
+patch kernel, positions, CLS and distillation tokens) is AST's; the shared final LayerNorm stays
+the ViT's, since it normalises both streams' tokens and only one can be copied.
 
 :func:`load_init_weights` reads both at the start of a run, before the data set is scanned, so
 a weight file that cannot be reached fails at once, in one line that says what to download and
