@@ -1,9 +1,9 @@
 """Raw decoding per training item: mbt's reader vs bare PyAV vs a naive port (issue 12.2).
 
-Generates UCF101-sized clips (320x240, 25 fps, ~7 s, H.264 + AAC in mp4, a 44.1 kHz stereo
-wav beside), at GOP 12 and GOP 250, and measures at the paper preset (training: 8 frames
-spread over the clip, RandomResizedCrop 224 from the short side, 800 x 128 log-mel window,
-SpecAugment), in one process with one torch thread and decoder threads off (as in a data
+Generates UCF101-sized clips (``benchmarks/media.py``: 320x240, 25 fps, ~7 s, H.264 + AAC in
+mp4, a 44.1 kHz stereo wav beside), at GOP 12 and GOP 250, and measures at the paper preset
+(training: 8 frames spread over the clip, RandomResizedCrop 224 from the short side, 800 x 128
+log-mel window, SpecAugment), in one process with one torch thread and decoder threads off (as in a data
 loader worker):
 
 - video, the same 8 frames: mbt's reader (keyframe-aware :class:`mbt.data.video.VideoFile`)
@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,100 +42,31 @@ import av
 import numpy as np
 import torch
 
-from mbt.config import load_config
-from mbt.data.audio import SAMPLE_RATE, log_mel
-from mbt.data.clip import MediaReader, audio_window_start, load_views
-from mbt.data.dataset import AVDataset, item_generator
-from mbt.data.layouts import Clip
-from mbt.data.video import VideoFile, probe_video, sample_times
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/media.py, machine.py
+import machine as host  # noqa: E402
+import media  # noqa: E402
 
-W, H, FPS, RATE = 320, 240, 25, 44100
+from mbt.config import load_config  # noqa: E402
+from mbt.data.audio import SAMPLE_RATE, log_mel  # noqa: E402
+from mbt.data.clip import MediaReader, audio_window_start, load_views  # noqa: E402
+from mbt.data.dataset import AVDataset, item_generator  # noqa: E402
+from mbt.data.layouts import Clip  # noqa: E402
+from mbt.data.video import VideoFile, probe_video, sample_times  # noqa: E402
+
 GOPS = (12, 250)
 
 # ---------------------------------------------------------------------------------------------
 # clips
 
 
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """float32 (h, w, 3) in [0, 1] with a 1/f spectrum: natural-image statistics, so H.264
-    spends realistic bits on it."""
-    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
-    amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / max(h, w))
-    planes = []
-    for _ in range(3):
-        spec = amp * np.exp(2j * np.pi * rng.random(amp.shape))
-        x = np.fft.irfft2(spec, (h, w))
-        planes.append(x / x.std())
-    lum = planes[0]
-    rgb = np.stack([lum + 0.3 * planes[1], lum + 0.3 * planes[2], lum - 0.3 * planes[1]], -1)
-    return np.clip(0.5 + 0.15 * rgb, 0, 1).astype(np.float32)
-
-
-def _frames(rng: np.random.Generator, n: int) -> np.ndarray:
-    """uint8 (n, H, W, 3): a textured scene under a panning camera, a moving textured disc,
-    sensor noise."""
-    scene, actor = _texture(rng, 2 * H, 2 * W), _texture(rng, H, H)
-    yy, xx = np.mgrid[0:H, 0:W]
-    out = np.empty((n, H, W, 3), np.uint8)
-    for i in range(n):
-        t = i / FPS
-        y0, x0 = int(H / 2 + 60 * np.sin(0.3 * t)), int(W / 2 + 80 * np.sin(0.2 * t + 1))
-        img = scene[y0 : y0 + H, x0 : x0 + W].copy()
-        cy, cx = H / 2 + 70 * np.sin(1.1 * t), W / 2 + 110 * np.sin(0.7 * t)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 50**2
-        img[disc] = actor[(yy[disc] - int(cy)) % H, (xx[disc] - int(cx)) % H]
-        img += rng.normal(0, 2 / 255, img.shape).astype(np.float32)
-        out[i] = np.clip(img * 255, 0, 255).astype(np.uint8)
-    return out
-
-
-def _sound(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """float32 (N, 2) at 44.1 kHz: room tone, a voice-like harmonic tone with vibrato, clicks."""
-    n = round(seconds * RATE)
-    t = np.arange(n) / RATE
-    tone = np.cumsum(1 + 0.02 * np.sin(2 * np.pi * 5 * t)) * 2 * np.pi * 180 / RATE
-    voice = sum(0.08 / k * np.sin(k * tone) for k in range(1, 8)) * (1 + np.sin(2 * np.pi * t))
-    noise = np.cumsum(rng.normal(0, 1, n)) * 1e-3
-    noise -= np.convolve(noise, np.ones(441) / 441, mode="same")  # ~brown, high-passed
-    clicks = (rng.random(n) < 2e-4) * rng.normal(0, 0.3, n)
-    x = (voice + noise + clicks).astype(np.float32)
-    return np.stack([x, np.roll(x, 13)], axis=1)
-
-
 def write_clip(
     folder: Path, name: str, seconds: float, gop: int, seed: int, loop: float = 0.0
 ) -> Clip:
-    """``name``.mp4 (H.264 crf 23 + AAC) and ``name``.wav beside; frames after ``loop``
-    seconds replay the first ``loop`` seconds back and forth (long files encode fast)."""
-    rng = np.random.default_rng(seed)
-    n = round(seconds * FPS)
-    made = _frames(rng, min(n, round(loop * FPS)) if loop else n)
-    video, sound = folder / f"{name}.mp4", folder / f"{name}.wav"
-    samples = _sound(rng, seconds)
-    with av.open(str(video), "w") as c:
-        vs = c.add_stream("libx264", rate=FPS)
-        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        vs.options = {"crf": "23", "preset": "veryfast", "x264-params": f"keyint={gop}"}
-        astream = c.add_stream("aac", rate=RATE, layout="stereo")
-        for i in range(n):
-            k = i % (2 * len(made) - 2) if len(made) > 1 else 0
-            image = made[k if k < len(made) else 2 * len(made) - 2 - k]
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            c.mux(vs.encode(frame))
-        c.mux(vs.encode(None))
-        for i in range(0, len(samples), 1024):
-            chunk = np.ascontiguousarray(samples[i : i + 1024].T)
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts, frame.time_base = RATE, i, Fraction(1, RATE)
-            c.mux(astream.encode(frame))
-        c.mux(astream.encode(None))
-    with wave.open(str(sound), "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return Clip(video=video, audio=sound, labels=(0,), key=name)
+    """``name``.mp4 (H.264 crf 23 + AAC) and ``name``.wav beside, from ``benchmarks/media.py``;
+    frames after ``loop`` seconds replay the first ``loop`` seconds (long files render fast)."""
+    video, wav = folder / f"{name}.mp4", folder / f"{name}.wav"
+    media.write_clip(video, wav, seconds, gop=gop, seed=seed, loop=loop)
+    return Clip(video=video, audio=wav, labels=(0,), key=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,34 +289,13 @@ def _front_end(reader: MediaReader, clip: Clip, cfg: Any) -> None:
 
 
 def machine() -> dict[str, Any]:
-    """The CPU and software the numbers come from."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "pyav": av.__version__,
-        "ffmpeg": av.ffmpeg_version_info,
-        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+    """The CPU and software the numbers come from (``benchmarks/machine.py``, and PyAV)."""
+    return host.describe() | {"pyav": av.__version__, "ffmpeg": av.ffmpeg_version_info}
 
 
 def _print_table(result: dict[str, Any]) -> None:
     m = result["machine"]
-    print(
-        f"machine: {m['cpu']}, {m['cores']} cores, capability {m['capability']}, "
-        f"torch {m['torch']} ({m['torch_threads']} thread), PyAV {m['pyav']} "
-        f"(FFmpeg {m['ffmpeg']}), load average {m['load_avg']:.1f}"
-    )
+    print(f"machine: {host.line(m)}, PyAV {m['pyav']} (FFmpeg {m['ffmpeg']})")
     print("CPU ms per training item (paper preset, 8 frames + 8 s window), median of passes:")
     sets = result["sets"]
     print(f"{'':34s}" + "".join(f"{name:>12s}" for name in sets))

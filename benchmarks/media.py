@@ -101,11 +101,17 @@ def write_clip(
     gop: int = 250,
     seed: int = 0,
     preset: str = "medium",
+    loop: float = 0.0,
 ) -> None:
     """``video`` (H.264 crf 23, a keyframe at least every ``gop`` frames, + AAC) and ``wav``
-    (44.1 kHz stereo 16-bit) of the same sound."""
+    (44.1 kHz stereo 16-bit) of the same sound. With ``loop``, the frames after ``loop``
+    seconds replay the first ``loop`` seconds back and forth (long files render fast)."""
     rng = np.random.default_rng(seed)
-    samples = sound(rng, seconds)
+    samples = sound(rng, seconds)  # first: the frames below draw from rng after it
+    n = round(seconds * FPS)
+    video_frames = frames(rng, n)
+    if loop and round(loop * FPS) < n:
+        video_frames = _replayed(np.concatenate(list(frames(rng, round(loop * FPS)))), n)
     video.parent.mkdir(parents=True, exist_ok=True)
     wav.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(video), "w", format="mp4") as c:
@@ -115,7 +121,7 @@ def write_clip(
         vs.options = {"crf": "23", "preset": preset, "x264-params": keyint}
         astream = c.add_stream("aac", rate=RATE, layout="stereo")
         i = 0
-        for chunk in frames(rng, round(seconds * FPS)):
+        for chunk in video_frames:
             for image in chunk:
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts, i = i, i + 1
@@ -132,6 +138,15 @@ def write_clip(
         w.setsampwidth(2)
         w.setframerate(RATE)
         w.writeframes(np.round(samples * 32767).astype("<i2").tobytes())
+
+
+def _replayed(first: np.ndarray, n: int, chunk: int = 125) -> Iterator[np.ndarray]:
+    """uint8 (t, H, W, 3) chunks of n frames: ``first`` forward, backward, forward ..."""
+    period = max(1, 2 * len(first) - 2)
+    k = np.arange(n) % period
+    order = np.where(k < len(first), k, period - k)
+    for s in range(0, n, chunk):
+        yield first[order[s : s + chunk]]
 
 
 def write_dataset(
