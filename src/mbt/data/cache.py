@@ -90,7 +90,7 @@ from mbt.data.audio import load_audio, log_mel
 from mbt.data.clip import resolve_short_side
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import Clip, DataIndex, scan
-from mbt.data.video import MediaError, probe_video, read_frames
+from mbt.data.video import MediaError, forked_worker_init, probe_video, read_frames
 from mbt.files import DiskFullError, remove_temporaries, write_atomic
 from mbt.progress import progress_bar
 
@@ -448,6 +448,7 @@ def _worker_main(conn: Any, fn: Callable[[Any], Any], parent_end: Any) -> None:
     # A forked worker starts with a copy of the parent's end of its pipe: closed, the worker
     # sees EOF and exits when the parent dies, even by SIGKILL (else it would wait forever).
     parent_end.close()
+    forked_worker_init()
     torch.set_num_threads(1)  # parallelism comes from the processes
     while True:
         try:

@@ -73,7 +73,7 @@ from mbt.data.cache import (
     read_index,
 )
 from mbt.data.dataset import AVDataset, collate_skip_failed
-from mbt.data.video import MediaError
+from mbt.data.video import MediaError, forked_worker_init
 from mbt.files import atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
@@ -508,8 +508,9 @@ class ShardLoader:
         self.stream, self.batch_size, self.pin_memory = stream, batch_size, pin_memory
         self.sampler = stream.order
         self.loader = DataLoader(
-            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=_chunk
-        )
+            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=_chunk,
+            worker_init_fn=forked_worker_init,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)

@@ -25,8 +25,11 @@ Shape vocabulary: T frames, H x W pixels, 3 RGB channels (uint8, channels last, 
 from __future__ import annotations
 
 import bisect
+import functools
+import gc
 import itertools
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from typing import Literal
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time unit: microseconds
 # A stream that decodes to less than its header says by more than this (seconds, or this fraction
@@ -600,11 +604,42 @@ def _to_arrays(frames: list[av.VideoFrame], short_side: int | None) -> list[np.n
 def _to_rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
     """uint8 (H, W, 3), shrunk so min(H, W) == short_side when it is larger (never enlarged)."""
     w, h = frame.width, frame.height
+    reformat = functools.partial(_reformatter().reformat, frame, format="rgb24", threads=1)
     if short_side is None or min(w, h) <= short_side:
-        return frame.to_ndarray(format="rgb24")
+        return reformat().to_ndarray()
     scale = short_side / min(w, h)
     size = (
         (short_side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), short_side)
     )
-    resized = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
-    return resized.to_ndarray()
+    return reformat(width=size[0], height=size[1], interpolation="AREA").to_ndarray()
+
+
+def forked_worker_init(_worker_id: int = 0) -> None:
+    """Call first in a forked worker process (``DataLoader(worker_init_fn=...)``, ``prepare``'s
+    workers): the objects it inherited are never garbage-collected in it.
+
+    FFmpeg objects with threads (an audio resampler's filter graph, a threaded decoder or
+    scaler) that the parent let go but had not yet collected come along into a forked
+    process without their threads; freeing one there waits for them forever. Frozen, the
+    inherited objects stay out of this process's collections; what it makes itself is
+    collected as usual.
+    """
+    gc.freeze()
+
+
+_REFORMATTERS: dict[int, VideoReformatter] = {}  # process id -> its own swscale context
+
+
+def _reformatter() -> VideoReformatter:
+    """This process's colour converter, made in it, single-threaded.
+
+    PyAV's ``frame.reformat`` / ``to_ndarray(format=...)`` share one swscale context per
+    thread (PyAV 18). A forked process (a loader or ``prepare`` worker) inherits that context
+    with its slice threads gone, and deadlocks the first time it uses or frees it. So each
+    process makes its own here (the inherited ones are kept, never freed), and ``threads=1``
+    gives it no threads to lose: every core already runs one worker.
+    """
+    pid = os.getpid()
+    if pid not in _REFORMATTERS:
+        _REFORMATTERS[pid] = VideoReformatter()
+    return _REFORMATTERS[pid]

@@ -65,6 +65,7 @@ from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
 from mbt.data.shards import ShardLoader, ShardPlan, ShardStream, is_shard_folder
+from mbt.data.video import forked_worker_init
 from mbt.files import atomic_path, remove_temporaries, write_atomic
 from mbt.model import MBT
 from mbt.model.inits import InitWeights, apply_init, load_init_weights
@@ -151,6 +152,7 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=collate_skip_failed,
         pin_memory=device.type == "cuda",
+        worker_init_fn=forked_worker_init,
         drop_last=False,
     )
 
