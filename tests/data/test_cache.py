@@ -10,17 +10,19 @@ import re
 import shutil
 import time
 
+import av
 import numpy as np
 import pytest
 import torch
 
 from mbt.config import replace
+from mbt.data.audio import load_audio
 from mbt.data.cache import CachedDataset, decode_clip, open_dataset, prepare, run_jobs
 from mbt.data.clip import MediaReader
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import scan
 from mbt.data.transforms import normalize_video
-from mbt.data.video import MediaError
+from mbt.data.video import MediaError, read_frames
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,24 @@ def test_run_jobs_keeps_going():
     )  # fmt: skip
     assert results[1] == ("ok", -10) and results[3] == ("ok", 10)
     assert results[2][0] == "error" and "ZeroDivisionError" in results[2][1]
+
+
+def test_workers_decode_after_the_parent_did(data):
+    """A forked worker decodes although the parent used PyAV's shared (threaded) colour
+    converter and left a resampler's filter graph for the garbage collector: with PyAV 18 the
+    worker deadlocked in FFmpeg, inheriting them without their threads."""
+    clip = sorted((data / "video").rglob("*.mp4"))[0]
+    with av.open(str(clip)) as container:  # what any caller may do: PyAV's own converter
+        [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    load_audio(sorted((data / "audio").rglob("*.wav"))[0])  # 44.1 kHz: resampled
+
+    def job(path):
+        return read_frames(path, [0.0, 0.5], short_side=24).shape, len(load_audio(path))
+
+    results = {}
+    run_jobs([clip, clip], job, lambda j, s, v: results.update({len(results): (s, v)}),
+             workers=2, timeout=30.0)  # fmt: skip
+    assert [s for s, _ in results.values()] == ["ok", "ok"], results
 
 
 @pytest.mark.parametrize("frame_format", ["npy", "jpeg"])
