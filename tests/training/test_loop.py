@@ -117,22 +117,6 @@ def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_p
     assert [r["epoch"] for r in load_state(last)["history"]] == ["1", "2"]
 
 
-def test_early_stopping_stops(demo_cache, tmp_path, capsys):
-    # A vanishing lr: neither val_acc nor val_loss can improve after epoch 1. The demo's 2
-    # warm-up epochs are not counted, so patience 1 stops the run after epoch 3.
-    cfg = tiny_config(
-        f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1", "train.lr=1e-12"
-    )
-    s = loop.train(cfg, None, tmp_path / "run")
-    assert s["stopped_early"] and s["epochs_run"] == 3 and s["best_epoch"] == 1
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("early stopping")]
-    assert line == [
-        f"early stopping after epoch 3: neither val_acc (last improved at epoch 1, to "
-        f"{s['best_metric']:.4f}) nor val_loss (at epoch 1, to {s['last_val']['val_loss']:.4f}) "
-        "improved in the last epoch (train.early_stopping=1)"
-    ]
-
-
 def _scripted_validation(monkeypatch, accs: list[float], losses: list[float]) -> None:
     """``validate`` of epoch e (0-based) reports ``accs[e]`` and ``losses[e]``."""
     real = loop.validate
@@ -141,6 +125,21 @@ def _scripted_validation(monkeypatch, accs: list[float], losses: list[float]) ->
         return {**real(engine, loader, epoch), "val_acc": accs[epoch], "val_loss": losses[epoch]}
 
     monkeypatch.setattr(loop, "validate", scripted)
+
+
+def test_early_stopping_stops(demo_cache, tmp_path, monkeypatch, capsys):
+    # Neither val_acc nor val_loss moves. The demo's 2 warm-up epochs are not counted, so
+    # patience 1 stops the run after epoch 3, and the last line says what was watched.
+    _scripted_validation(monkeypatch, [0.5] * 6, [1.0] * 6)
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1")
+    s = loop.train(cfg, None, tmp_path / "run")
+    assert s["stopped_early"] and s["epochs_run"] == 3 and s["best_epoch"] == 1
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("early stopping")]
+    assert line == [
+        "early stopping after epoch 3: neither val_acc (last improved at epoch 1, to 0.5000) "
+        "nor val_loss (at epoch 1, to 1.0000) improved in the last epoch "
+        "(train.early_stopping=1)"
+    ]
 
 
 def test_a_lucky_spike_does_not_stop_a_run_whose_loss_still_falls(
@@ -297,9 +296,8 @@ def test_nan_metric_selects_by_val_loss(demo_cache, tmp_path, monkeypatch, capsy
 
 
 def test_resume_of_a_finished_run_does_not_train(demo_cache, tmp_path, monkeypatch, capsys):
-    cfg = tiny_config(
-        f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1", "train.lr=1e-12"
-    )
+    _scripted_validation(monkeypatch, [0.5] * 6, [1.0] * 6)  # stops after epoch 3 (see above)
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1")
     run = tmp_path / "run"
     assert loop.train(cfg, None, run)["stopped_early"]
 
