@@ -17,16 +17,17 @@ watched.
 An epoch improves a number when it beats the value of that number's last improvement by more
 than its ``min_delta`` (``train.early_stopping_min_delta`` for the metric, an absolute fraction:
 0.02 = 2 points of accuracy; ``train.early_stopping_loss_min_delta`` for val_loss, in nats), as
-``min_delta`` in Keras' and Lightning's ``EarlyStopping`` (and ``early_stopping_threshold`` in
-HF's ``EarlyStoppingCallback``): the reference moves only on an improvement, so a slow creep
-counts once it adds up to more than ``min_delta``. The first epoch sets the references.
+``min_delta`` in Lightning's ``EarlyStopping`` (a change of at most ``min_delta`` is none; Keras'
+``min_delta`` and HF's ``early_stopping_threshold`` are the same idea): the reference moves only
+on an improvement, so a slow creep counts once it adds up to more than ``min_delta``. The first
+epoch sets the references.
 
 Epochs that start inside the learning-rate warm-up (``train.warmup_epochs``) are not counted
-(Keras' ``start_from_epoch``), but their numbers still set the references: no run stops before
-epoch ``ceil(warmup_epochs) + early_stopping``.
+(as Keras' ``start_from_epoch``, except that their numbers still set the references): no run
+stops before epoch ``ceil(warmup_epochs) + early_stopping``.
 
 The decision is a function of the run's history (the ``training_log.csv`` rows the RunState
-keeps, values as logged), so a resumed run decides exactly as the uninterrupted one would, and
+keeps, values as logged: 6 decimals), so a resumed run decides exactly as the uninterrupted one would, and
 a run resumed from a checkpoint written under the old rule is judged by this one.
 
 Which epoch is *best* (``checkpoints/best``) is another question, answered by the metric alone
