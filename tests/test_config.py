@@ -45,6 +45,16 @@ def test_round_trip_through_yaml(tmp_path):
         ("model.fusion_layer=13", r"model.fusion_layer: must be in \[0, depth=12\]"),
         ("model.num_heads=5", "model.num_heads: must divide width 768"),
         ("train.lr=-1", "train.lr: must be > 0"),
+        ("train.early_stopping_watch=acc", r"train.early_stopping_watch: must be one of \['both'"),
+        (
+            "train.early_stopping_min_delta=1",
+            r"train.early_stopping_min_delta: must be in \[0, 1\)",
+        ),
+        ("train.early_stopping_min_delta=-0.1", "train.early_stopping_min_delta: must be in"),
+        (
+            "train.early_stopping_loss_min_delta=-1",
+            "train.early_stopping_loss_min_delta: must be >=",
+        ),
         ("model.modalities=[video, video]", "model.modalities: must be distinct"),
         ("train.lr", "expected key.sub=value"),
     ],

@@ -268,7 +268,13 @@ class TrainConfig:
         True  # official: mean of per-modality losses; False: loss on mean logits
     )
     modality_dropout: float = 0.0  # fraction of training clips that lose one modality
-    early_stopping: int = 5  # patience in epochs on the validation metric; 0 = off
+    # Early stopping (training/stopping.py): stop after `early_stopping` epochs (0 = off) in
+    # which no watched number improved; epochs inside the lr warm-up are not counted.
+    early_stopping: int = 5
+    # both: the metric and val_loss (an improvement of either resets the count); metric; loss
+    early_stopping_watch: Literal["both", "metric", "loss"] = "both"
+    early_stopping_min_delta: float = 0.0  # the metric must rise by more than this (0.01 = 1 pt)
+    early_stopping_loss_min_delta: float = 0.0  # val_loss must fall by more than this
     metric: Literal["auto", "accuracy", "map"] = "auto"  # auto: mAP if multi-label else accuracy
     # autocast: auto = bf16 where the device does it natively (GPUs from Ampere on, CPUs with
     # AVX512-BF16 / AMX / Arm BF16), else fp32; fp16 (CUDA only) is never picked by auto.
@@ -297,6 +303,17 @@ class TrainConfig:
         _check(self.mixup_alpha >= 0, "train.mixup_alpha", "must be >= 0")
         _check(0.0 <= self.modality_dropout <= 1.0, "train.modality_dropout", "must be in [0, 1]")
         _check(self.early_stopping >= 0, "train.early_stopping", "must be >= 0")
+        _check_choice(
+            self.early_stopping_watch, "train.early_stopping_watch", ("both", "metric", "loss")
+        )
+        delta = self.early_stopping_min_delta  # accuracy and mAP are fractions
+        _check(
+            0.0 <= delta < 1.0, "train.early_stopping_min_delta", f"must be in [0, 1), got {delta}"
+        )
+        _check(
+            self.early_stopping_loss_min_delta >= 0, "train.early_stopping_loss_min_delta",
+            "must be >= 0",
+        )  # fmt: skip
         _check_choice(self.metric, "train.metric", ("auto", "accuracy", "map"))
         _check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")

@@ -107,6 +107,7 @@ def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_p
     last = run / "checkpoints" / "last"
     state = load_state(last)
     del state["history"], state["metric_nan"]
+    state["bad_epochs"] = 0  # the patience counter of those versions
     torch.save(state, last / "state.pt")
     (last / "SHA256SUMS").unlink()  # nor checksums
     cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2")
@@ -116,13 +117,63 @@ def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_p
     assert [r["epoch"] for r in load_state(last)["history"]] == ["1", "2"]
 
 
-def test_early_stopping_stops(demo_cache, tmp_path):
-    # A vanishing lr: the metric cannot improve after epoch 1, patience 1 stops at epoch 2.
-    cfg = tiny_config(
-        f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1", "train.lr=1e-12"
-    )
+def _scripted_validation(monkeypatch, accs: list[float], losses: list[float]) -> None:
+    """``validate`` of epoch e (0-based) reports ``accs[e]`` and ``losses[e]``."""
+    real = loop.validate
+
+    def scripted(engine, loader, epoch):
+        return {**real(engine, loader, epoch), "val_acc": accs[epoch], "val_loss": losses[epoch]}
+
+    monkeypatch.setattr(loop, "validate", scripted)
+
+
+def test_early_stopping_stops(demo_cache, tmp_path, monkeypatch, capsys):
+    # Neither val_acc nor val_loss moves. The demo's 2 warm-up epochs are not counted, so
+    # patience 1 stops the run after epoch 3, and the last line says what was watched.
+    _scripted_validation(monkeypatch, [0.5] * 6, [1.0] * 6)
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1")
     s = loop.train(cfg, None, tmp_path / "run")
-    assert s["stopped_early"] and s["epochs_run"] == 2 and s["best_epoch"] == 1
+    assert s["stopped_early"] and s["epochs_run"] == 3 and s["best_epoch"] == 1
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("early stopping")]
+    assert line == [
+        "early stopping after epoch 3: neither val_acc (last improved at epoch 1, to 0.5000) "
+        "nor val_loss (at epoch 1, to 1.0000) improved in the last epoch "
+        "(train.early_stopping=1)"
+    ]
+
+
+def test_a_lucky_spike_does_not_stop_a_run_whose_loss_still_falls(
+    demo_cache, tmp_path, monkeypatch
+):
+    # val_acc peaks by chance at epoch 2; the loss falls every epoch. Watching val_acc alone,
+    # patience 1 would stop after epoch 3; the run goes on, and best is still val_acc's epoch.
+    _scripted_validation(monkeypatch, [0.5, 0.9, 0.5, 0.5], [1.0, 0.9, 0.8, 0.7])
+    cfg = tiny_config(
+        f"data.cache={demo_cache}", "train.epochs=4", "train.early_stopping=1",
+        "train.warmup_epochs=0",
+    )  # fmt: skip
+    s = loop.train(cfg, None, tmp_path / "run")
+    assert not s["stopped_early"] and s["epochs_run"] == 4 and s["best_epoch"] == 2
+    assert load_state(tmp_path / "run" / "checkpoints" / "best")["epoch"] == 2
+
+
+def test_resume_from_a_state_saved_under_the_old_rule(demo_cache, tmp_path, monkeypatch, capsys):
+    # state.pt before the rule watched val_loss: bad_epochs = epochs since val_acc improved.
+    # 1 here (patience 1): then "already finished". The history says the loss still fell, so
+    # the run trains on.
+    _scripted_validation(monkeypatch, [0.9, 0.5, 0.5], [1.0, 0.9, 0.8])
+    over = [f"data.cache={demo_cache}", "train.early_stopping=1", "train.warmup_epochs=0"]
+    run = tmp_path / "run"
+    loop.train(tiny_config(*over, "train.epochs=2"), None, run)
+    last = run / "checkpoints" / "last"
+    state = load_state(last)
+    state["bad_epochs"] = 1
+    torch.save(state, last / "state.pt")
+    (last / "SHA256SUMS").unlink()  # state.pt changed
+    capsys.readouterr()
+    s = loop.train(tiny_config(*over, "train.epochs=3"), None, run, resume=True)
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    assert s["epochs_run"] == 3 and not s["already_finished"] and s["best_epoch"] == 1
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(demo_cache, tmp_path, monkeypatch):
@@ -237,13 +288,16 @@ def test_nan_metric_selects_by_val_loss(demo_cache, tmp_path, monkeypatch, capsy
     assert s["best_epoch"] == 2 and s["stopped_early"] and s["epochs_run"] == 3
     assert load_state(tmp_path / "run" / "checkpoints" / "best")["epoch"] == 2
     out = capsys.readouterr().out
-    assert out.count("val_acc is NaN") == 1 and "no val_loss improvement" in out
+    assert out.count("val_acc is NaN") == 1
+    assert (
+        "early stopping after epoch 3: val_loss (last improved at epoch 2, to 0.5000) did not "
+        "improve in the last epoch (train.early_stopping=1)"
+    ) in out
 
 
 def test_resume_of_a_finished_run_does_not_train(demo_cache, tmp_path, monkeypatch, capsys):
-    cfg = tiny_config(
-        f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1", "train.lr=1e-12"
-    )
+    _scripted_validation(monkeypatch, [0.5] * 6, [1.0] * 6)  # stops after epoch 3 (see above)
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=6", "train.early_stopping=1")
     run = tmp_path / "run"
     assert loop.train(cfg, None, run)["stopped_early"]
 
@@ -253,14 +307,16 @@ def test_resume_of_a_finished_run_does_not_train(demo_cache, tmp_path, monkeypat
     monkeypatch.setattr(loop, "train_one_epoch", no_training)
     capsys.readouterr()
     s = loop.train(cfg, None, run, resume=True)
-    assert s["already_finished"] and s["stopped_early"] and s["epochs_run"] == 2
-    assert "already finished: it stopped early after epoch 2" in capsys.readouterr().out
+    assert s["already_finished"] and s["stopped_early"] and s["epochs_run"] == 3
+    out = capsys.readouterr().out
+    assert "already finished: it stopped early after epoch 3 (neither val_acc" in out
+    assert "improved in the last epoch (train.early_stopping=1)); nothing to train" in out
     # Epochs exhausted: the same, and it says how to go on.
-    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=2", "train.early_stopping=0")
+    cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=3", "train.early_stopping=0")
     s = loop.train(cfg, None, run, resume=True)
     assert s["already_finished"] and not s["stopped_early"]
-    assert "all 2 epochs are done" in capsys.readouterr().out
-    assert load_state(run / "checkpoints" / "last")["epoch"] == 2
+    assert "all 3 epochs are done" in capsys.readouterr().out
+    assert load_state(run / "checkpoints" / "last")["epoch"] == 3
 
 
 class _FailingFirst(torch.utils.data.Dataset):

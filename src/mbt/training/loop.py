@@ -14,8 +14,9 @@ A run, step by step (:func:`_train` reads as this list)::
     restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
     reconcile         the run dir made to agree with that state (after a kill or a damaged file)
     write_run_files   config.yaml (resolved, flat), classes.json
-    every epoch       run_epoch (train_one_epoch + validate) -> select_best (best? patience)
+    every epoch       run_epoch (train_one_epoch + validate) -> select_best (best?)
                       -> save_epoch (checkpoints last/ best/, plot.png, training_log.csv)
+                      -> early stopping? (:mod:`.stopping`: on the history, metric and loss)
     summarise         the summary dict and the closing line
 
 Everything the run knows between epochs is one :class:`RunState`, saved in every checkpoint's
@@ -81,6 +82,8 @@ from mbt.training.engine import (
 )
 from mbt.training.optim import build_optimizer, build_scheduler
 from mbt.training.precision import describe, resolve_precision
+from mbt.training.stopping import Plateau, plateau, watched
+from mbt.training.stopping import describe as describe_plateau
 
 # The seed's columns first (epoch, train_loss, val_loss, train_acc, val_acc), then ours.
 LOG_FIELDS = (
@@ -312,14 +315,14 @@ class RunState:
     best_metric: float = -math.inf  # validation metric of the best epoch
     best_epoch: int = 0  # 1-based; 0 = no epoch yet
     best_val_loss: float = math.inf  # val loss of the best epoch: the fallback selection
-    bad_epochs: int = 0  # epochs since the last improvement (early-stopping patience)
     metric_nan: bool = False  # the metric was NaN once: select on val_loss (warned once)
-    history: list[dict[str, str]] = field(default_factory=list)  # training_log.csv rows
+    history: list[dict[str, str]] = field(default_factory=list)  # log rows; early stopping's input
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any], log_path: Path) -> RunState:
         """The state in a checkpoint's ``state.pt``. Checkpoints written before the state was
-        one dataclass lack ``metric_nan`` and ``history``: the log has the history then."""
+        one dataclass lack ``metric_nan`` and ``history``: the log has the history then. The
+        ``bad_epochs`` of older states is dropped: the history decides (:mod:`.stopping`)."""
         names = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in saved.items() if k in names})
         if "history" not in saved:
@@ -329,16 +332,25 @@ class RunState:
     def to_saved(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def out_of_patience(self, tc: TrainConfig) -> bool:
-        return tc.early_stopping > 0 and self.bad_epochs >= tc.early_stopping
+    def plateau(self, tc: TrainConfig, metric: str) -> Plateau:
+        """How long the numbers early stopping watches have not improved."""
+        return plateau(self.history, watched(tc, metric, self.metric_nan), tc.warmup_epochs)
 
-    def finished(self, tc: TrainConfig) -> bool:
+    def out_of_patience(self, tc: TrainConfig, metric: str) -> bool:
+        return tc.early_stopping > 0 and self.plateau(tc, metric).epochs >= tc.early_stopping
+
+    def finished(self, tc: TrainConfig, metric: str) -> bool:
         """Every epoch is done, or early stopping ended the run."""
-        return self.epoch >= tc.epochs or self.out_of_patience(tc)
+        return self.epoch >= tc.epochs or self.out_of_patience(tc, metric)
 
-    def stopped_early(self, tc: TrainConfig) -> bool:
+    def stopped_early(self, tc: TrainConfig, metric: str) -> bool:
         """Early stopping ended the run before its last epoch."""
-        return self.out_of_patience(tc) and self.epoch < tc.epochs
+        return self.out_of_patience(tc, metric) and self.epoch < tc.epochs
+
+    def stop_reason(self, tc: TrainConfig, metric: str) -> str:
+        """What early stopping watched and for how long (:func:`.stopping.describe`)."""
+        why = describe_plateau(self.plateau(tc, metric), watched(tc, metric, self.metric_nan))
+        return f"{why} (train.early_stopping={tc.early_stopping})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,6 +477,10 @@ def train(
     class), a warning is printed once and the run selects (and early-stops) on the validation
     loss instead (lower is better).
 
+    Early stopping (``train.early_stopping``, :mod:`.stopping`) ends the run once no watched
+    number (by default the metric and the validation loss) has improved for that many epochs
+    after the learning-rate warm-up; it never changes which epoch is best.
+
     Resuming a run that has already finished (its epochs are done, or it stopped early) says so
     and returns its summary without training.
 
@@ -515,18 +531,17 @@ def _train(
         reconcile(run, state, point, metric)
     state = dist.all_gather_objects(state)[0]  # rank 0's, which a repair may have changed
     write_run_files(run, engine, splits)
-    already_finished = state.finished(cfg.train)
+    already_finished = state.finished(cfg.train, metric)
     if resume and info.is_main:
-        announce_resume(run, state, cfg.train, engine.step)
+        announce_resume(run, state, cfg.train, metric, engine.step)
     start, results = time.perf_counter(), []
-    while not state.finished(cfg.train):
+    while not state.finished(cfg.train, metric):
         result = run_epoch(engine, splits, state.epoch, run)
         select_best(state, result, metric, info.is_main)
         save_epoch(engine, run, state, result, metric, splits.classes)
         results.append(result)
-    if results and state.stopped_early(cfg.train) and info.is_main:
-        what = "val_loss" if state.metric_nan else metric
-        print(f"early stopping: no {what} improvement for {state.bad_epochs} epochs")
+    if results and state.stopped_early(cfg.train, metric) and info.is_main:
+        print(f"early stopping after epoch {state.epoch}: {state.stop_reason(cfg.train, metric)}")
     summary = summarise(
         run, state, results, metric, splits, cfg.train, time.perf_counter() - start,
         already_finished,
@@ -619,7 +634,7 @@ def reconcile_best(run: RunDir, state: RunState, metric: str) -> None:
             f"last epoch ({state.epoch}) is the best so far"
         )
         row = state.history[-1]
-        state.best_epoch, state.bad_epochs = state.epoch, 0
+        state.best_epoch = state.epoch
         state.best_metric, state.best_val_loss = float(row[metric]), float(row["val_loss"])
     ckpt.copy_checkpoint(run.last, run.best)
 
@@ -643,14 +658,13 @@ def write_run_files(run: RunDir, engine: Engine, data: RunData) -> None:
     )
 
 
-def announce_resume(run: RunDir, state: RunState, tc: TrainConfig, step: int) -> None:
-    if not state.finished(tc):
+def announce_resume(run: RunDir, state: RunState, tc: TrainConfig, metric: str, step: int) -> None:
+    if not state.finished(tc, metric):
         print(f"resuming after epoch {state.epoch} (step {step})")
         return
     why = (
-        f"it stopped early after epoch {state.epoch} (no improvement for {state.bad_epochs} "
-        f"epochs, train.early_stopping={tc.early_stopping})"
-        if state.stopped_early(tc)
+        f"it stopped early after epoch {state.epoch} ({state.stop_reason(tc, metric)})"
+        if state.stopped_early(tc, metric)
         else f"all {tc.epochs} epochs are done (raise train.epochs to train on)"
     )
     print(f"{run.root}: the run has already finished: {why}; nothing to train")
@@ -677,11 +691,12 @@ def run_epoch(engine: Engine, data: RunData, epoch: int, run: RunDir) -> EpochRe
 
 
 def select_best(state: RunState, result: EpochResult, metric: str, is_main: bool) -> None:
-    """Record the epoch in ``state``: its log row, whether it is the best so far (sets
-    ``result.improved``), the early-stopping patience.
+    """Record the epoch in ``state``: its log row (what early stopping decides on), whether it
+    is the best so far (sets ``result.improved``).
 
     The first epoch is always best; then a higher metric, or a lower val loss once the
-    metric has been NaN (cannot be computed from this data).
+    metric has been NaN (cannot be computed from this data). Selection ignores val_loss
+    otherwise, whatever early stopping watches.
     """
     val = result.val
     state.history.append(log_row(result, metric))
@@ -700,9 +715,7 @@ def select_best(state: RunState, result: EpochResult, metric: str, is_main: bool
         result.improved = val[metric] > state.best_metric or math.isnan(state.best_metric)
     if result.improved:
         state.best_metric, state.best_epoch = val[metric], result.epoch
-        state.best_val_loss, state.bad_epochs = val["val_loss"], 0
-    else:
-        state.bad_epochs += 1
+        state.best_val_loss = val["val_loss"]
     state.epoch = result.epoch
 
 
@@ -787,7 +800,7 @@ def summarise(
         "best_metric": state.best_metric,
         "best_epoch": state.best_epoch,
         "epochs_run": len(state.history),
-        "stopped_early": state.stopped_early(tc),
+        "stopped_early": state.stopped_early(tc, metric),
         "last_val": results[-1].val if results else {},
         "time_s": seconds,
         "clips_per_s": clips / max(train_seconds, 1e-9),
