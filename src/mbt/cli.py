@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mbt.config import load_config
+from mbt.config import PRECISIONS, load_config
 from mbt.data.archive import open_data_path
 from mbt.data.cache import JPEG_QUALITY, prepare
 from mbt.data.demo import make_demo_data
@@ -31,8 +31,8 @@ from mbt.demo import run_demo
 from mbt.files import DiskFullError
 from mbt.predict import format_prediction, predict
 from mbt.training.evaluate import evaluate_run, format_report
-from mbt.training.loop import NonFiniteLossError, load_run_config, train
-from mbt.training.precision import PRECISIONS
+from mbt.training.loop import NonFiniteLossError, train
+from mbt.training.rundir import load_run_config
 
 # Modules that contribute subcommands through ``register(sub)``, in help order.
 COMMAND_MODULES: tuple[str, ...] = ("mbt.cli", "mbt.commands_model")

@@ -3,7 +3,7 @@
 Each handler parses nothing itself and calls an importable function
 (:func:`mbt.model.scenic.convert_scenic`, :func:`mbt.model.ast.convert_ast`,
 :func:`mbt.export.export_onnx`, :func:`mbt.explain.explain_clip`); every model source goes
-through :func:`mbt.model.hub.load_model`. The command modules are imported inside the handlers:
+through :func:`mbt.loading.load_model`. The command modules are imported inside the handlers:
 they pull in matplotlib (explain) and msgpack (scenic), which parsing the command line and the
 other commands do not need.
 """
@@ -14,7 +14,7 @@ import argparse
 
 from mbt.config import DataConfig
 from mbt.data.labels import read_labels
-from mbt.model.hub import load_model
+from mbt.loading import load_model
 
 
 def _auto_int(text: str) -> int | None:
