@@ -1,5 +1,5 @@
 """The package's layering, read from the source: every import of every module, at module level
-and inside functions.
+and inside functions, and the names ``mbt/__init__.py`` imports on first use.
 
 No two mbt modules import each other (no cycle of any length); ``model/`` and ``data/`` never
 import ``training/`` (nor each other); the applications (predict,
@@ -55,6 +55,8 @@ def imports_of(module: str) -> set[str]:
         else:
             continue
         found |= {m for m in map(_resolve, targets) if m is not None}
+    if module == "mbt":  # PEP 562: imported on first use of the name
+        found |= set(mbt._LAZY.values())
     return found - {module}
 
 
@@ -89,6 +91,7 @@ def test_the_reader_sees_function_level_and_relative_imports():
     """The checks below can fail: the reader finds imports inside functions, and a cycle."""
     assert "mbt.training.loop" in imports_of("mbt.cli")  # inside _cmd_train only
     assert "mbt.model.folder" in imports_of("mbt.model.hub")
+    assert "mbt.model.mbt" in imports_of("mbt")  # the lazy MBT attribute
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
