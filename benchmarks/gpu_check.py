@@ -58,9 +58,9 @@ from mbt.data.dataset import collate_skip_failed
 from mbt.data.demo import make_demo_data
 from mbt.model import MBT
 from mbt.model.flops import count_training_flops
-from mbt.training.engine import autocast, training_loss
+from mbt.runtime import autocast, resolve_precision
+from mbt.training.engine import training_loss
 from mbt.training.optim import build_optimizer
-from mbt.training.precision import resolve_precision
 
 HERE = Path(__file__).resolve().parent
 NUM_CLASSES = 101  # UCF101-sized head

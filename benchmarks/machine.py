@@ -1,7 +1,7 @@
 """What a benchmark ran on: the line above every table of ``benchmarks/RESULTS.md``.
 
 The CPU model, its cores, torch's CPU capability (the vector ISA its kernels use), whether bf16
-is native (AVX512-BF16 / AMX / Arm BF16: :func:`mbt.training.precision.cpu_bf16`), torch's
+is native (AVX512-BF16 / AMX / Arm BF16: :func:`mbt.runtime.cpu_bf16`), torch's
 threads and the load average (a busy machine's timings are not comparable).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mbt.training.precision import cpu_bf16
+from mbt.runtime import cpu_bf16
 
 
 def cpu_name() -> str:

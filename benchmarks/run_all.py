@@ -47,8 +47,7 @@ import torch
 from mbt.config import ModelConfig, load_config, replace
 from mbt.model import MBT
 from mbt.model.flops import count_training_flops
-from mbt.training.engine import autocast
-from mbt.training.precision import cpu_bf16, matmul_gflops
+from mbt.runtime import autocast, cpu_bf16, matmul_gflops
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"

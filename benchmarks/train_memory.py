@@ -23,7 +23,7 @@ import torch
 
 from mbt.config import load_config
 from mbt.model import MBT
-from mbt.training.engine import autocast
+from mbt.runtime import autocast
 
 
 def saved_bytes(model: MBT, batch: int, precision: str) -> tuple[int, bool]:

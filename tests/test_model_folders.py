@@ -13,8 +13,8 @@ import pytest
 from mbt.cli import main
 from mbt.config import replace
 from mbt.data.demo import CLASSES
+from mbt.loading import load_model
 from mbt.model import MBT
-from mbt.model.hub import load_model
 from tests.model.checkpoints import write_ast_pth
 from tests.model.test_convert_scenic import CFG, random_model, to_flax, write_checkpoint
 
@@ -36,7 +36,8 @@ def folders(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     root = tmp_path_factory.mktemp("folders")
     run = root / "run"
     _ok("train", "--config", "demo", "--data", str(demo_root), "--out", str(run), *TINY)
-    MBT.from_pretrained(run).save_pretrained(root / "pretrained")  # names travel with it
+    best = run / "checkpoints" / "best"  # a checkpoint folder is a model folder
+    MBT.from_pretrained(best).save_pretrained(root / "pretrained")  # names travel with it
 
     audioset = root / "class_labels_indices.csv"  # AudioSet's format: a multi-label model
     rows = [f'{i},/m/{i:05d},"{name}"' for i, name in enumerate(CLASSES)]

@@ -11,10 +11,9 @@ import pytest
 
 from mbt.cli import main
 from mbt.data.demo import CLASSES
+from mbt.loading import load_model
 from mbt.model import MBT
-from mbt.model.hub import load_model
-from mbt.training.distributed import pick_device
-from mbt.training.precision import resolve_precision
+from mbt.runtime import pick_device, resolve_precision
 
 # configs/demo.yaml shrunk to a 1-epoch, 2-layer CPU run (a few seconds).
 TINY = [
@@ -70,13 +69,13 @@ def test_save_pretrained_folder(run, clip, tmp_path, capsys):
     assert _predict(capsys, tmp_path / "shared", clip, "--precision", "fp32") == want
 
     # Without a data config the defaults apply (4 test views); the names still travel.
-    MBT.from_pretrained(run).save_pretrained(tmp_path / "plain")
+    MBT.from_pretrained(run / "checkpoints" / "best").save_pretrained(tmp_path / "plain")
     got = _predict(capsys, tmp_path / "plain", clip)
     assert got["views"] == 4 and {p["label"] for p in got["predictions"]} == set(CLASSES)
 
 
 def test_a_model_without_class_names_ranks_output_indices(run, clip, tmp_path, capsys):
-    model = MBT.from_pretrained(run)
+    model = MBT.from_pretrained(run / "checkpoints" / "best")  # a checkpoint is a model folder
     model.class_names = None
     model.save_pretrained(tmp_path / "nameless")
     got = _predict(capsys, tmp_path / "nameless", clip)

@@ -6,10 +6,16 @@ train``, ``mbt.training.evaluate.evaluate_run``, ``mbt.predict.predict`` ...). U
 one line and exit with status 2; ``--debug`` (before or after the command name) shows the
 traceback instead. ``key.sub=value`` overrides may come anywhere after the command name.
 
+The command line answers at once: parsing needs only argparse and the config, and each handler
+imports what its command runs (torch, timm, PyAV, the data stack) after its arguments and
+config have been checked, so ``mbt --help``, ``mbt train --help`` and a config error take a
+fraction of a second (``tests/test_cli_imports.py`` checks that nothing heavy is imported).
+
 Adding a command: in your module write ``register(sub)``, which adds the command with
 ``sub.add_parser(name, ...)`` and ``set_defaults(func=handler)`` (``handler(args) -> int |
-None``), and list the module in :data:`COMMAND_MODULES`. :func:`build_parser` gives every
-command its ``--debug``.
+None``), and list the module in :data:`COMMAND_MODULES`; keep its top-level imports light
+(import what a command runs inside its handler). :func:`build_parser` gives every command its
+``--debug``.
 """
 
 from __future__ import annotations
@@ -21,30 +27,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mbt.config import load_config
-from mbt.data.archive import open_data_path
-from mbt.data.cache import JPEG_QUALITY, prepare
-from mbt.data.demo import make_demo_data
-from mbt.data.shards import CLIPS_PER_SHARD, write_shards
-from mbt.data.video import MediaError
-from mbt.demo import run_demo
-from mbt.files import DiskFullError
-from mbt.predict import format_prediction, predict
-from mbt.training.evaluate import evaluate_run, format_report
-from mbt.training.loop import NonFiniteLossError, load_run_config, train
-from mbt.training.precision import PRECISIONS
+from mbt.config import PRECISIONS, load_config
 
 # Modules that contribute subcommands through ``register(sub)``, in help order.
 COMMAND_MODULES: tuple[str, ...] = ("mbt.cli", "mbt.commands_model")
 
 # Errors a user causes or can fix (bad config, missing file, unreadable media, a full disk):
 # one line, status 2. MediaError subclasses ValueError today; listed in case that changes.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    MediaError,
-    DiskFullError,
+# Named by (module, class), not imported: an exception of a class whose module was never
+# imported cannot have been raised, and importing mbt.data.video here would load PyAV and torch
+# before the command line is parsed.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("builtins", "ValueError"),
+    ("builtins", "FileNotFoundError"),
+    ("builtins", "NotADirectoryError"),
+    ("mbt.data.video", "MediaError"),
+    ("mbt.files", "DiskFullError"),
 )
 
 OVERRIDES = dict(nargs="*", metavar="key.sub=value", help="config overrides, applied last")
@@ -76,6 +74,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.config:
         raise ValueError("give --config for a new run or --resume RUN_DIR, not both")
     if args.resume:
+        from mbt.training.rundir import load_run_config
+
         cfg = load_run_config(args.resume, args.overrides)
         out = Path(args.resume)
     else:
@@ -83,6 +83,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("--config CONFIG.yaml (or a preset name such as demo) is required")
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    from mbt.training.engine import NonFiniteLossError
+    from mbt.training.loop import train
+
     try:
         train(cfg, args.data, out, resume=bool(args.resume))
     except NonFiniteLossError as e:
@@ -114,6 +117,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mbt.training.evaluate import evaluate_run, format_report
+
     result = evaluate_run(
         args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
@@ -139,6 +144,8 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from mbt.predict import format_prediction, predict
+
     result = predict(
         args.source, args.video, audio=args.audio, top_k=args.top_k,
         checkpoint=args.checkpoint, device=args.device, precision=args.precision,
@@ -165,6 +172,8 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from mbt.demo import run_demo
+
     run_demo(args.out, seed=args.seed, baselines=args.baselines, overrides=args.overrides)
     return 0
 
@@ -188,28 +197,39 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
         "--fps", type=float, default=None,
         help="store at most this many frames per second (default: what data.sampling needs)",
     )  # fmt: skip
-    p.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY, help="JPEG quality 1-100")
+    p.add_argument(
+        "--jpeg-quality", type=int, default=None,
+        help="JPEG quality 1-100 (default: mbt.data.cache.JPEG_QUALITY)",
+    )  # fmt: skip
     p.add_argument("--wait", action="store_true", help="wait for a prepare run writing OUT")
     p.add_argument(
         "--shards", action="store_true",
         help="also write OUT/shards: WebDataset tar shards per split, read streaming by training "
         "with data.cache=OUT/shards",
     )  # fmt: skip
-    p.add_argument("--clips-per-shard", type=int, default=CLIPS_PER_SHARD)
+    p.add_argument(
+        "--clips-per-shard", type=int, default=None,
+        help="clips per tar shard (default: mbt.data.shards.CLIPS_PER_SHARD)",
+    )  # fmt: skip
     p.add_argument("overrides", **OVERRIDES)
     p.set_defaults(func=_cmd_prepare)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    from mbt.data.archive import open_data_path
+    from mbt.data.cache import JPEG_QUALITY, prepare
+    from mbt.data.shards import CLIPS_PER_SHARD, write_shards
+
     data = open_data_path(args.data, into=args.out)  # a .zip is unpacked inside the cache folder
+    quality = JPEG_QUALITY if args.jpeg_quality is None else args.jpeg_quality
     prepare(
         data, args.out, cfg.data, cfg.model, workers=args.workers, timeout=args.timeout,
-        retry_failed=args.retry_failed, fps=args.fps, jpeg_quality=args.jpeg_quality,
-        wait=args.wait,
+        retry_failed=args.retry_failed, fps=args.fps, jpeg_quality=quality, wait=args.wait,
     )  # fmt: skip
     if args.shards:
-        print(write_shards(args.out, clips_per_shard=args.clips_per_shard, wait=args.wait).format())
+        per_shard = CLIPS_PER_SHARD if args.clips_per_shard is None else args.clips_per_shard
+        print(write_shards(args.out, clips_per_shard=per_shard, wait=args.wait).format())
     return 0
 
 
@@ -222,6 +242,8 @@ def _register_demo_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from mbt.data.demo import make_demo_data
+
     out = make_demo_data(args.out, seed=args.seed, overwrite=args.overwrite)
     print(f"demo data written to {out}")
     return 0
@@ -293,14 +315,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mbt: error: {e}", file=sys.stderr)
         return e.status
-    except USER_ERRORS as e:
-        if debug:
+    except Exception as e:
+        if debug or not _is_user_error(e):
             raise
         print(f"mbt: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mbt: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is one of :data:`USER_ERRORS` (classes of modules never imported: no)."""
+    for module, name in USER_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(e, getattr(loaded, name)):
+            return True
+    return False
 
 
 def _one_line(e: BaseException) -> str:

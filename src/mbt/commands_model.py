@@ -3,9 +3,9 @@
 Each handler parses nothing itself and calls an importable function
 (:func:`mbt.model.scenic.convert_scenic`, :func:`mbt.model.ast.convert_ast`,
 :func:`mbt.export.export_onnx`, :func:`mbt.explain.explain_clip`); every model source goes
-through :func:`mbt.model.hub.load_model`. The command modules are imported inside the handlers:
-they pull in matplotlib (explain) and msgpack (scenic), which parsing the command line and the
-other commands do not need.
+through :func:`mbt.loading.load_model`. The command modules are imported inside the handlers:
+they pull in torch, timm, matplotlib (explain) and msgpack (scenic), which parsing the command
+line does not need (see :mod:`mbt.cli`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 
 from mbt.config import DataConfig
-from mbt.data.labels import read_labels
-from mbt.model.hub import load_model
 
 
 def _auto_int(text: str) -> int | None:
@@ -32,6 +30,8 @@ def _auto_int(text: str) -> int | None:
 def _converted(convert, labels_path: str | None, *args, **kwargs):
     """Run a converter with the names of ``labels_path`` (see :mod:`mbt.data.labels`) stored
     in ``config.json``; AudioSet names also store ``data.multi_label``."""
+    from mbt.data.labels import read_labels
+
     labels = read_labels(labels_path) if labels_path else None
     if labels is not None:
         kwargs["class_names"] = labels.names
@@ -85,6 +85,7 @@ def _cmd_convert_ast(args: argparse.Namespace) -> int:
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from mbt.export import check_onnx, export_onnx
+    from mbt.loading import load_model
 
     model = load_model(args.source, args.checkpoint).model
     path = export_onnx(model, args.out, opset=args.opset)

@@ -27,6 +27,7 @@ from mbt.files import write_atomic
 
 MODALITIES = ("video", "audio")
 FUSIONS = ("bottleneck", "vanilla", "shared", "late")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision / --precision (mbt.runtime)
 PRESET_DIR = Path(__file__).parent / "configs"
 
 

@@ -22,8 +22,8 @@ from matplotlib.figure import Figure  # not pyplot: leaves the caller's backend 
 
 from mbt.data.clip import clip_inputs_from_file
 from mbt.files import atomic_path
+from mbt.loading import load_model
 from mbt.model.fusion import BottleneckFusion
-from mbt.model.hub import load_model
 
 
 def _attention_rows(attn: torch.nn.Module, x: torch.Tensor, n_queries: int) -> torch.Tensor:
@@ -239,7 +239,7 @@ def explain_clip(
     """Run a model on one clip and save its bottleneck-attention figures.
 
     Args:
-        source: anything :func:`mbt.model.hub.load_model` reads (a run directory, checkpoint
+        source: anything :func:`mbt.loading.load_model` reads (a run directory, checkpoint
             or model folder, Hub id); the clip is preprocessed with the model's data config.
         video: the clip's video file.
         audio: a separate sound file (default: the video's own audio track).

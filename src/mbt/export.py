@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mbt.files import atomic_path
-from mbt.model.hub import load_model
+from mbt.loading import load_model
 
 DEFAULT_OPSET = 17
 
@@ -78,7 +78,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, opset: int = DEFAULT_OPSET
 def export_from_source(
     source: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, checkpoint: str = "best"
 ) -> Path:
-    """Load anything :func:`mbt.model.hub.load_model` reads (run, checkpoint or model folder,
+    """Load anything :func:`mbt.loading.load_model` reads (run, checkpoint or model folder,
     Hub id) and export it; ``checkpoint`` picks ``best`` or ``last`` of a run directory."""
     return export_onnx(load_model(source, checkpoint).model, out, opset=opset)
 

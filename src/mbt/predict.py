@@ -1,6 +1,6 @@
 """Classify one media file with a trained model: raw video (and audio) in, ranked labels out.
 
-The model comes from :func:`mbt.model.hub.load_model` (a run directory, a checkpoint folder, a
+The model comes from :func:`mbt.loading.load_model` (a run directory, a checkpoint folder, a
 ``save_pretrained`` or converted folder, or a Hub id), with the data config it was trained with.
 The clip goes through the same front-end as evaluation (:func:`mbt.data.clip.clip_inputs_from_file`):
 ``data.test_clips`` temporal views x ``data.test_crops`` crops, logits averaged over views.
@@ -17,10 +17,8 @@ from typing import Any
 import torch
 
 from mbt.data.clip import clip_inputs_from_file
-from mbt.model.hub import load_model
-from mbt.training.distributed import pick_device
-from mbt.training.engine import autocast
-from mbt.training.precision import inference_precision
+from mbt.loading import load_model
+from mbt.runtime import autocast, inference_precision, pick_device
 
 
 # Over 60 lines only with its docstring (each argument, the result's fields); the body is ~35.
@@ -36,7 +34,7 @@ def predict(
     """Ranked class probabilities for one clip.
 
     Args:
-        source: anything :func:`mbt.model.hub.load_model` reads: a run directory, a checkpoint
+        source: anything :func:`mbt.loading.load_model` reads: a run directory, a checkpoint
             folder, a ``save_pretrained`` / converted model folder, its ``model.safetensors``,
             or a Hub id.
         video: video file.
@@ -46,7 +44,7 @@ def predict(
         device: ``auto``, ``cpu``, ``cuda`` ...
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; default: the run's
             ``train.precision`` resolved for this machine (``auto`` for a model folder without
-            its run), see :func:`mbt.training.precision.inference_precision`.
+            its run), see :func:`mbt.runtime.inference_precision`.
 
     Returns:
         ``{"video", "audio", "modalities" (used), "views", "precision" (resolved), "note",

@@ -10,7 +10,7 @@ import pytest
 import run_all
 import torch
 
-from mbt.training.precision import cpu_bf16
+from mbt.runtime import cpu_bf16
 
 ABLATIONS = "## Fusion ablations\n\nWritten by benchmarks/ablation.py: | a | b |\n"
 

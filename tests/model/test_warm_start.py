@@ -7,7 +7,7 @@ import torch
 
 from mbt.config import replace
 from mbt.model import MBT
-from mbt.model.hub import write_pretrained
+from mbt.model.folder import write_pretrained
 from mbt.model.inits import apply_init, load_init_weights
 from mbt.training.loop import freeze
 from tests.conftest import tiny_model_config

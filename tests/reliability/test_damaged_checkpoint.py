@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mbt.cli import main
-from mbt.model.hub import load_model
+from mbt.loading import load_model
 from mbt.training import loop
-from mbt.training.checkpoint import checkpoint_problem, load_state
+from mbt.training.checkpoint import checkpoint_problem, read_state
 from tests.training.conftest import demo_cache as demo_cache  # a fixture
 from tests.training.conftest import tiny_config
 
@@ -139,4 +139,4 @@ def test_resume_with_a_damaged_best_says_its_epoch_is_lost_and_goes_on(run, caps
     out = capsys.readouterr().out
     assert f"warning: {best} is missing or damaged; the best epoch 1 is lost" in out
     assert checkpoint_problem(best) is None  # rebuilt: an intact checkpoint again
-    assert load_state(best)["epoch"] in (2, 3)  # epoch 2 stood in for 1; 3 if it did better
+    assert read_state(best)["epoch"] in (2, 3)  # epoch 2 stood in for 1; 3 if it did better

@@ -23,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mbt.cli import main
-from mbt.model import hub
-from mbt.training.checkpoint import checkpoint_problem, load_state
+from mbt.model import folder
+from mbt.training.checkpoint import checkpoint_problem, read_state
 from tests.reliability.test_kill_at_every_write import _small_data
 from tests.training.conftest import TINY
 from tests.training.conftest import demo_cache as demo_cache  # a fixture
@@ -63,7 +63,7 @@ def _full_write_bytes(self: Path, data: bytes) -> None:
 
 # file that fails -> (object, attribute, how it fails, which of its writes fails: epoch 2's)
 FAILURES: dict[str, tuple[object, str, Callable, int]] = {
-    "model.safetensors": (hub, "save_file", _full_save_file, 3),  # epoch 1: last, best
+    "model.safetensors": (folder, "save_file", _full_save_file, 3),  # epoch 1: last, best
     "state.pt": (torch, "save", _full_torch_save, 3),
     "training_log.csv": (pathlib.Path, "write_bytes", _full_write_bytes, 2),
 }
@@ -127,7 +127,7 @@ def test_a_run_that_fills_the_disk_stops_in_one_line_and_resumes(
     assert _temporaries(run) == []
     last = run / "checkpoints" / "last"
     assert checkpoint_problem(last) is None  # the previous checkpoint is intact
-    assert load_state(last)["epoch"] == (2 if name == "training_log.csv" else 1)
+    assert read_state(last)["epoch"] == (2 if name == "training_log.csv" else 1)
 
     assert main(["train", "--resume", str(run)]) == 0  # space freed: the run goes on
     for which in ("last", "best"):

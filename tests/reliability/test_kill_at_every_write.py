@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from mbt.config import RunConfig
 from mbt.data.cache import prepare
 from mbt.training import loop
-from mbt.training.checkpoint import load_state
+from mbt.training.checkpoint import read_state
+from mbt.training.rundir import read_log
 from tests.training.conftest import demo_cache as demo_cache  # a fixture
 from tests.training.conftest import tiny_config
 
@@ -104,11 +105,11 @@ def _resume_or_restart(cfg, run: Path) -> dict:
 def _run_outcome(run: Path) -> dict:
     """Everything a finished run directory says, with wall-clock columns left out."""
     ckpts = run / "checkpoints"
-    rows = loop.read_log(run / "training_log.csv")
+    rows = read_log(run / "training_log.csv")
     return {
         "files": sorted(str(p.relative_to(run)) for p in run.rglob("*")),
-        "best_epoch": load_state(ckpts / "best")["epoch"],
-        "state_best_epoch": load_state(ckpts / "last")["best_epoch"],
+        "best_epoch": read_state(ckpts / "best")["epoch"],
+        "state_best_epoch": read_state(ckpts / "last")["best_epoch"],
         "log": [{k: v for k, v in r.items() if k not in IGNORED_LOG_COLUMNS} for r in rows],
         "last": load_file(ckpts / "last" / "model.safetensors"),
         "best": load_file(ckpts / "best" / "model.safetensors"),

@@ -10,7 +10,7 @@ import torch
 
 from mbt.cli import main
 from mbt.config import load_config
-from mbt.model.hub import read_state
+from mbt.training.checkpoint import read_state
 from tests.reliability.test_kill_at_every_write import _small_data
 from tests.training.conftest import TINY
 

@@ -12,10 +12,13 @@ from safetensors.torch import save_file
 
 from mbt.cli import main
 from mbt.config import DataConfig, ModelConfig, RunConfig, replace, save_config, to_dict
+from mbt.files import SUMS
+from mbt.loading import load_model
 from mbt.model import MBT
-from mbt.model.hub import load_model
+from mbt.model.folder import CONFIG, WEIGHTS, load_weights
 from mbt.training import checkpoint as ckpt
 from mbt.training.optim import build_optimizer, build_scheduler
+from mbt.training.rundir import resolve_folder
 
 from .conftest import tiny_config
 
@@ -39,11 +42,11 @@ def test_save_load_round_trip_and_replace(tmp_path):
     ckpt.save_checkpoint(d, model, {"epoch": 2})  # replaces the whole folder
     assert sorted(p.name for p in d.parent.iterdir()) == ["last"]  # no tmp / old left behind
     other = _model(seed=1)
-    ckpt.load_weights(d, other)
+    load_weights(d, other)
     assert torch.equal(other.head.weight, model.head.weight)
-    assert ckpt.load_state(d)["epoch"] == 2
-    assert ckpt.resolve_checkpoint(tmp_path, "last") == d
-    assert ckpt.resolve_checkpoint(d / ckpt.WEIGHTS) == d
+    assert ckpt.read_state(d)["epoch"] == 2
+    assert resolve_folder(tmp_path, "last") == d
+    assert resolve_folder(d / WEIGHTS) == d
 
 
 def test_interrupted_replace_falls_back_to_old(tmp_path):
@@ -51,7 +54,7 @@ def test_interrupted_replace_falls_back_to_old(tmp_path):
     d = tmp_path / "checkpoints" / "best"
     ckpt.save_checkpoint(d, model, {"epoch": 1})
     d.rename(d.parent / ".best.old")  # crash between the two renames
-    assert ckpt.resolve_checkpoint(tmp_path, "best") == d.parent / ".best.old"
+    assert resolve_folder(tmp_path, "best") == d.parent / ".best.old"
 
 
 def test_rng_state_round_trip(tmp_path):
@@ -60,7 +63,7 @@ def test_rng_state_round_trip(tmp_path):
     random.seed(1)
     ckpt.save_checkpoint(tmp_path / "c", _model(), {"rng": ckpt.rng_state()})
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    ckpt.set_rng_state(ckpt.load_state(tmp_path / "c")["rng"])  # loads with weights_only=True
+    ckpt.set_rng_state(ckpt.read_state(tmp_path / "c")["rng"])  # loads with weights_only=True
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0])
     assert np.array_equal(expected[1], got[1]) and expected[2] == got[2]
@@ -68,15 +71,15 @@ def test_rng_state_round_trip(tmp_path):
 
 def test_corrupt_checkpoint_files_are_value_errors(tmp_path):
     d = ckpt.save_checkpoint(tmp_path / "c", _model(), {"epoch": 1})
-    (d / ckpt.WEIGHTS).write_bytes(b"junk")  # e.g. a truncated copy
+    (d / WEIGHTS).write_bytes(b"junk")  # e.g. a truncated copy
     with pytest.raises(ValueError, match="unreadable checkpoint weights"):
-        ckpt.load_weights(d, _model())
+        load_weights(d, _model())
     (d / ckpt.STATE).write_bytes((d / ckpt.STATE).read_bytes()[:100])
     with pytest.raises(ValueError, match="damaged checkpoint state"):  # found by its checksum
-        ckpt.load_state(d)
-    (d / ckpt.CHECKSUMS).unlink()  # as a checkpoint written before checksums
+        ckpt.read_state(d)
+    (d / SUMS).unlink()  # as a checkpoint written before checksums
     with pytest.raises(ValueError, match="unreadable checkpoint state"):
-        ckpt.load_state(d)
+        ckpt.read_state(d)
 
 
 def test_a_checkpoint_is_a_model_folder_with_names_and_data(tmp_path):
@@ -86,7 +89,7 @@ def test_a_checkpoint_is_a_model_folder_with_names_and_data(tmp_path):
     d = ckpt.save_checkpoint(tmp_path / "checkpoints" / "best", model, state)
     names = ["SHA256SUMS", "config.json", "model.safetensors", "state.pt"]
     assert sorted(p.name for p in d.iterdir()) == names
-    card = json.loads((d / ckpt.CONFIG).read_text())
+    card = json.loads((d / CONFIG).read_text())
     assert card["class_names"] == ["cat", "dog"] and card["data"]["audio_mean"] == -3.0
     loaded = load_model(d)  # alone: no run directory around it
     assert loaded.class_names == ["cat", "dog"] and loaded.data == data
@@ -156,7 +159,7 @@ def test_a_run_from_before_config_json_loads_and_resumes(demo_cache, demo_root, 
     assert main(["train", "--resume", str(run)]) == 0
     assert "resuming after epoch 1" in capsys.readouterr().out
     last = run / "checkpoints" / "last"
-    assert ckpt.load_state(last)["epoch"] == 2
+    assert ckpt.read_state(last)["epoch"] == 2
     rows = (run / "training_log.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("1,1.800000")  # the old epoch 1 row is kept
     assert (last / "config.json").is_file()  # checkpoints written from now on are model folders
@@ -165,7 +168,7 @@ def test_a_run_from_before_config_json_loads_and_resumes(demo_cache, demo_root, 
 
 def test_a_weights_file_alone_is_a_clear_error(tmp_path):
     d = ckpt.save_checkpoint(tmp_path / "c", _model(), {"epoch": 1})
-    (d / ckpt.CONFIG).unlink()
+    (d / CONFIG).unlink()
     (d / ckpt.STATE).unlink()
     with pytest.raises(FileNotFoundError, match="without a config.json"):
         load_model(d)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from mbt import progress
 from mbt.training import engine, loop
-from mbt.training.checkpoint import load_state
+from mbt.training.checkpoint import read_state
 
 from .conftest import TINY, tiny_config
 
@@ -42,7 +42,7 @@ def test_train_writes_the_run_directory(demo_cache, tmp_path):
     assert len(rows) == 2 and s["epochs_run"] == 2
     assert all(0.0 <= float(r.split(",")[3]) <= 1.0 for r in rows)
     assert len(json.loads((run / "classes.json").read_text())) == 6
-    state = load_state(run / "checkpoints" / "last")
+    state = read_state(run / "checkpoints" / "last")
     assert state["epoch"] == 2 and state["config"]["model"]["num_classes"] == 6
     assert {"torch", "numpy", "python"} <= set(state["rng"])
     with pytest.raises(ValueError, match="already holds a run"):
@@ -71,7 +71,7 @@ def test_resume_is_bit_identical(demo_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "train_one_epoch", crash_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, None, tmp_path / "resumed")
-    assert load_state(tmp_path / "resumed" / "checkpoints" / "last")["epoch"] == 2
+    assert read_state(tmp_path / "resumed" / "checkpoints" / "last")["epoch"] == 2
     monkeypatch.setattr(loop, "train_one_epoch", real)
     loop.train(cfg, None, tmp_path / "resumed", resume=True)
 
@@ -96,7 +96,7 @@ def test_resume_after_a_save_interrupted_between_its_renames(demo_cache, tmp_pat
     with pytest.raises(ValueError, match="already holds a run"):
         loop.train(cfg, None, run)
     s = loop.train(cfg, None, run, resume=True)
-    assert s["epochs_run"] == 2 and load_state(last)["epoch"] == 2
+    assert s["epochs_run"] == 2 and read_state(last)["epoch"] == 2
     assert not (last.parent / ".last.old").exists()
 
 
@@ -105,7 +105,7 @@ def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_p
     run = tmp_path / "run"
     loop.train(tiny_config(f"data.cache={demo_cache}", "train.epochs=1"), None, run)
     last = run / "checkpoints" / "last"
-    state = load_state(last)
+    state = read_state(last)
     del state["history"], state["metric_nan"]
     state["bad_epochs"] = 0  # the patience counter of those versions
     torch.save(state, last / "state.pt")
@@ -114,7 +114,7 @@ def test_resume_from_a_checkpoint_written_before_the_run_state(demo_cache, tmp_p
     assert loop.train(cfg, None, run, resume=True)["epochs_run"] == 2
     rows = (run / "training_log.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["1", "2"]
-    assert [r["epoch"] for r in load_state(last)["history"]] == ["1", "2"]
+    assert [r["epoch"] for r in read_state(last)["history"]] == ["1", "2"]
 
 
 def _scripted_validation(monkeypatch, accs: list[float], losses: list[float]) -> None:
@@ -154,7 +154,7 @@ def test_a_lucky_spike_does_not_stop_a_run_whose_loss_still_falls(
     )  # fmt: skip
     s = loop.train(cfg, None, tmp_path / "run")
     assert not s["stopped_early"] and s["epochs_run"] == 4 and s["best_epoch"] == 2
-    assert load_state(tmp_path / "run" / "checkpoints" / "best")["epoch"] == 2
+    assert read_state(tmp_path / "run" / "checkpoints" / "best")["epoch"] == 2
 
 
 def test_resume_from_a_state_saved_under_the_old_rule(demo_cache, tmp_path, monkeypatch, capsys):
@@ -166,7 +166,7 @@ def test_resume_from_a_state_saved_under_the_old_rule(demo_cache, tmp_path, monk
     run = tmp_path / "run"
     loop.train(tiny_config(*over, "train.epochs=2"), None, run)
     last = run / "checkpoints" / "last"
-    state = load_state(last)
+    state = read_state(last)
     state["bad_epochs"] = 1
     torch.save(state, last / "state.pt")
     (last / "SHA256SUMS").unlink()  # state.pt changed
@@ -189,7 +189,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(demo_cache, tmp_path, m
     run = tmp_path / "run"
     with pytest.raises(loop.NonFiniteLossError, match="epoch 2.*Last good checkpoint"):
         loop.train(cfg, None, run)
-    state = load_state(run / "checkpoints" / "last")
+    state = read_state(run / "checkpoints" / "last")
     assert state["epoch"] == 1
     assert all(torch.isfinite(w).all() for w in _weights(run).values())
 
@@ -253,7 +253,7 @@ def test_ddp_step_matches_single_process(demo_cache, tmp_path):
         args=(2, _free_port(), [*common, "train.batch_size=32"], str(tmp_path / "ddp")),
         nprocs=2,
     )
-    assert load_state(tmp_path / "ddp" / "checkpoints" / "last")["step"] == 1
+    assert read_state(tmp_path / "ddp" / "checkpoints" / "last")["step"] == 1
     a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -286,7 +286,7 @@ def test_nan_metric_selects_by_val_loss(demo_cache, tmp_path, monkeypatch, capsy
     cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=4", "train.early_stopping=1")
     s = loop.train(cfg, None, tmp_path / "run")
     assert s["best_epoch"] == 2 and s["stopped_early"] and s["epochs_run"] == 3
-    assert load_state(tmp_path / "run" / "checkpoints" / "best")["epoch"] == 2
+    assert read_state(tmp_path / "run" / "checkpoints" / "best")["epoch"] == 2
     out = capsys.readouterr().out
     assert out.count("val_acc is NaN") == 1
     assert (
@@ -316,7 +316,7 @@ def test_resume_of_a_finished_run_does_not_train(demo_cache, tmp_path, monkeypat
     s = loop.train(cfg, None, run, resume=True)
     assert s["already_finished"] and not s["stopped_early"]
     assert "all 3 epochs are done" in capsys.readouterr().out
-    assert load_state(run / "checkpoints" / "last")["epoch"] == 3
+    assert read_state(run / "checkpoints" / "last")["epoch"] == 3
 
 
 class _FailingFirst(torch.utils.data.Dataset):
@@ -365,7 +365,7 @@ def test_a_group_of_failed_batches_takes_no_optimizer_step(demo_cache, tmp_path,
     s = loop.train(cfg, None, tmp_path / "run")
     assert steps and all(grads for grads, take in steps if take)  # never a step without grads
     assert steps[0] == (False, False)  # the empty group only advanced the schedule
-    assert load_state(tmp_path / "run" / "checkpoints" / "last")["step"] == len(steps)
+    assert read_state(tmp_path / "run" / "checkpoints" / "last")["step"] == len(steps)
     assert s["epochs_run"] == 1
 
 
@@ -399,7 +399,7 @@ def test_ddp_rank_with_failed_batch_and_no_val_clip_completes(demo_cache, tmp_pa
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
-    state = load_state(run / "checkpoints" / "last")
+    state = read_state(run / "checkpoints" / "last")
     assert state["epoch"] == 1
     a, b = torch.load(run / "rank0.pt"), torch.load(run / "rank1.pt")
     for k in a:  # the processes took the same steps: identical weights

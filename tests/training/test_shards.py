@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from mbt.data.shards import ShardPlan, write_shards
+from mbt.model.folder import WEIGHTS
 from mbt.training import engine, loop
-from mbt.training.checkpoint import WEIGHTS, load_state
+from mbt.training.checkpoint import read_state
 from mbt.training.evaluate import evaluate_run
 
 from .conftest import tiny_config
@@ -82,7 +83,7 @@ def test_two_processes_read_disjoint_equal_shares(shards, tmp_path):
             for i in got:
                 times[i] += 1
     assert times == [2] * 12  # the shard left out rotates: every clip twice in 3 epochs
-    assert load_state(run / "checkpoints" / "last")["epoch"] == epochs
+    assert read_state(run / "checkpoints" / "last")["epoch"] == epochs
 
 
 def test_resumed_epochs_read_what_an_uninterrupted_run_reads(shards, tmp_path, monkeypatch):
@@ -101,7 +102,7 @@ def test_resumed_epochs_read_what_an_uninterrupted_run_reads(shards, tmp_path, m
     a, b = (load_file(tmp_path / r / "checkpoints" / "last" / WEIGHTS) for r in "ab")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert load_state(tmp_path / "b" / "checkpoints" / "last")["epoch"] == 2
+    assert read_state(tmp_path / "b" / "checkpoints" / "last")["epoch"] == 2
     # Evaluation streams the shards too: every val clip once, its 2 test views.
     report = evaluate_run(tmp_path / "a", split="val", write=False)
     assert report["num_clips"] == 12 and report["views"]["clips"] == 2

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mbt.config import DataConfig, ModelConfig
-from mbt.model.hub import torch_load
 from mbt.model.mbt import MBT
+from mbt.model.safe_load import torch_load
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # transformers 4.x / 5.x sub-module names -> timm names, inside one layer.

@@ -9,10 +9,11 @@ Three config values name them (all empty = random weights):
   (:func:`~mbt.model.ast.init_audio_from_ast`): an HF transformers AST folder or weights file,
   an original AST ``.pth``, or a Hub id such as ``MIT/ast-finetuned-audioset-10-10-0.4593``.
 
-- ``model.warm_start``: an mbt run, checkpoint or model folder (:func:`warm_start_state`), copied
-  last: every weight whose name and shape match, except the classifier head. This is how a
-  model trained on one task starts another (``mbt demo``'s second stage; fine-tuning on new
-  classes).
+- ``model.warm_start``: an mbt model folder (:func:`warm_start_state`), copied last: every
+  weight whose name and shape match, except the classifier head. This is how a model trained on
+  one task starts another (``mbt demo``'s second stage; fine-tuning on new classes). The model
+  layer knows model folders only; the training loop passes a ``locate`` that also finds a run's
+  last checkpoint (:func:`mbt.training.rundir.resolve_folder`).
 
 With ``init`` and ``audio_init``, the video stream keeps the ViT and the audio stream (blocks,
 patch kernel, positions, CLS and distillation tokens) is AST's; the shared final LayerNorm stays
@@ -25,6 +26,7 @@ where to put it; :func:`apply_init` copies them into the freshly built model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from safetensors.torch import load_file
 
 from mbt.config import ModelConfig
 from mbt.model.ast import ASTWeights, init_audio_from_ast, load_ast
-from mbt.model.hub import WEIGHTS, resolve_folder
+from mbt.model.folder import WEIGHTS, model_folder
 from mbt.model.pretrained import init_from_vit, load_vit_state_dict
 
 AST_FILES = ("model.safetensors", "pytorch_model.bin")  # an HF AST repository's weights
@@ -69,8 +71,11 @@ class InitWeights:
         return "init: " + ("; ".join(parts) if parts else "random weights")
 
 
-def load_init_weights(cfg: ModelConfig) -> InitWeights:
-    """Read the weights ``model.init`` and ``model.audio_init`` name (nothing for empty values).
+def load_init_weights(
+    cfg: ModelConfig, locate: Callable[[str], Path] = model_folder
+) -> InitWeights:
+    """Read the weights ``model.init``, ``model.audio_init`` and ``model.warm_start`` name
+    (nothing for empty values); ``locate`` finds the model folder ``model.warm_start`` names.
 
     Raises:
         FileNotFoundError: a local file that does not exist, or a name that cannot be fetched
@@ -83,7 +88,7 @@ def load_init_weights(cfg: ModelConfig) -> InitWeights:
     if cfg.audio_init and "audio" in cfg.modalities:
         weights.ast = _load_ast(cfg.audio_init)
     if cfg.warm_start:
-        folder = _warm_folder(cfg.warm_start)
+        folder = _warm_folder(cfg.warm_start, locate)
         weights.warm, weights.warm_source = warm_start_state(folder), str(folder)
     return weights
 
@@ -109,10 +114,11 @@ def apply_init(model: torch.nn.Module, weights: InitWeights) -> None:
 # model.warm_start: another mbt model
 
 
-def _warm_folder(source: str) -> Path:
-    """The model folder of a run (its ``last`` checkpoint), a checkpoint or a model folder."""
+def _warm_folder(source: str, locate: Callable[[str], Path]) -> Path:
+    """The model folder ``source`` names, found by ``locate``, or a FileNotFoundError naming
+    ``model.warm_start``."""
     try:
-        return resolve_folder(source, "last")
+        return locate(source)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"model.warm_start={source}: {e}") from None
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from mbt.config import ModelConfig
 from mbt.model.fusion import ORDER
-from mbt.model.hub import torch_load
+from mbt.model.safe_load import torch_load
 
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
 

@@ -13,7 +13,8 @@ the training state and the checksums of all three::
 A checkpoint is first written to a hidden temporary folder beside its target, every file is
 fsynced, then the folder is renamed into place. A folder cannot be renamed over a non-empty one,
 so the old checkpoint is first renamed to ``.<name>.old`` and removed afterwards; a crash in the
-gap between the two renames leaves ``.<name>.old``, which :func:`resolve_checkpoint` falls back to.
+gap between the two renames leaves ``.<name>.old``, which
+:func:`mbt.training.rundir.resolve_folder` falls back to.
 A full disk removes the temporary folder and raises a one-line ``DiskFullError``; the previous
 checkpoint is untouched.
 
@@ -21,8 +22,9 @@ Which copy a resumed run starts from (:func:`resume_point`): ``last``; if it is 
 damaged, ``.last.old`` (an interrupted save); else ``best``, an earlier epoch with its complete
 state, from which the run replays the epochs after it exactly.
 
-The file names, the folder resolution, the config writer and the readers live in
-:mod:`mbt.model.hub` (the model layer never imports training); they are re-exported here.
+The model folder's two files and their writer are :mod:`mbt.model.folder`'s (the model layer
+never imports training); ``state.pt``, the checksums over all three and the ``.old`` copies are
+this module's. Where a run keeps its checkpoints is :mod:`mbt.training.rundir`'s.
 """
 
 from __future__ import annotations
@@ -40,16 +42,11 @@ import torch
 from torch import nn
 
 from mbt.config import DataConfig, from_dict
-from mbt.files import DiskFullError, atomic_path, damaged_files, fsync_dir, write_checksums
-from mbt.model.hub import CHECKSUMS, CONFIG, STATE, WEIGHTS, load_weights, write_pretrained
-from mbt.model.hub import read_state as load_state
-from mbt.model.hub import resolve_folder as resolve_checkpoint
+from mbt.files import SUMS, DiskFullError, atomic_path, damaged_files, fsync_dir, write_checksums
+from mbt.model.folder import CONFIG, WEIGHTS, write_pretrained
+from mbt.model.safe_load import torch_load
 
-__all__ = [
-    "CHECKSUMS", "CONFIG", "STATE", "WEIGHTS", "ResumePoint", "checkpoint_epoch",
-    "checkpoint_problem", "copy_checkpoint", "load_state", "load_weights", "resolve_checkpoint",
-    "resume_point", "rng_state", "save_checkpoint", "set_rng_state",
-]  # fmt: skip
+STATE = "state.pt"  # optimizer, scheduler, RNG, RunState ...: what only training reads
 FILES = (CONFIG, WEIGHTS, STATE)  # what a training checkpoint holds (and SHA256SUMS covers)
 FULL = "the previous checkpoint is intact"  # the end of a disk-full message
 
@@ -77,6 +74,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """A training checkpoint's ``state.pt`` (optimizer, scheduler, epoch, RNG, config ...).
+
+    Read with ``weights_only=True``: tensors and plain containers, never code.
+
+    Raises:
+        FileNotFoundError: no ``state.pt``.
+        ValueError: a truncated, corrupt or untrusted file, or one that differs from the
+            folder's ``SHA256SUMS``.
+    """
+    path = Path(folder) / STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint state file missing")
+    if damaged_files(folder, (STATE,)):
+        raise ValueError(f"{path}: damaged checkpoint state (it differs from {SUMS})")
+    try:
+        return torch_load(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    except Exception as e:  # truncated / corrupt: RuntimeError, EOFError, struct.error ...
+        raise ValueError(f"{path}: unreadable checkpoint state ({e})") from e
 
 
 def save_checkpoint(
@@ -176,9 +196,9 @@ def checkpoint_problem(folder: Path) -> str | None:
     """Why the training checkpoint ``folder`` cannot be resumed from (None: it can)."""
     if not (folder / WEIGHTS).is_file():
         return "missing"
-    if not (folder / CHECKSUMS).is_file():  # written before checksums: can it be read at all?
+    if not (folder / SUMS).is_file():  # written before checksums: can it be read at all?
         try:
-            load_state(folder)
+            read_state(folder)
         except (FileNotFoundError, ValueError) as e:
             return str(e)
         return None
@@ -186,13 +206,13 @@ def checkpoint_problem(folder: Path) -> str | None:
     if gone:
         return f"incomplete (no {', '.join(gone)})"
     bad = damaged_files(folder, FILES)
-    return f"damaged ({', '.join(bad)} differs from {CHECKSUMS})" if bad else None
+    return f"damaged ({', '.join(bad)} differs from {SUMS})" if bad else None
 
 
 def checkpoint_epoch(folder: Path) -> int | None:
     """The epoch a training checkpoint was written after (None: no readable intact state)."""
     try:
-        return int(load_state(folder)["epoch"])
+        return int(read_state(folder)["epoch"])
     except (FileNotFoundError, KeyError, TypeError, ValueError):
         return None
 

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from mbt.runtime import pick_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,18 +35,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's CUDA device if there is one, else CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

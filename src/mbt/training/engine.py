@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from mbt.config import RunConfig
 from mbt.data.transforms import mixup, normalize_video
 from mbt.progress import progress_bar
+from mbt.runtime import autocast
 from mbt.training import distributed as dist
 from mbt.training.metrics import classification_metrics
 
@@ -42,19 +43,6 @@ class NonFiniteLossError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # Inputs, targets, loss
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast (CPU and GPU), fp16 autocast (GPU), or nothing for fp32.
-
-    ``precision`` is resolved for the machine (:func:`mbt.training.precision.resolve_precision`),
-    never ``auto``.
-    """
-    assert precision in ("fp32", "bf16", "fp16"), f"unresolved precision {precision!r}"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def model_inputs(

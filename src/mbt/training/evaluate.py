@@ -21,13 +21,12 @@ import torch
 from mbt.config import RunConfig, replace
 from mbt.data.archive import open_data_path
 from mbt.files import write_atomic
-from mbt.model.hub import STATE, LoadedModel, load_model
-from mbt.training.checkpoint import checkpoint_epoch
-from mbt.training.distributed import pick_device
+from mbt.loading import LoadedModel, load_model
+from mbt.runtime import inference_precision, pick_device
+from mbt.training.checkpoint import STATE, checkpoint_epoch
 from mbt.training.engine import collect_logits
 from mbt.training.loop import make_loader, metric_name, open_split, scan_data
 from mbt.training.metrics import classification_metrics, confusion_matrix, plot_confusion
-from mbt.training.precision import inference_precision
 
 # name -> forward arguments; "av" is the model as trained.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -60,7 +59,7 @@ def evaluate_run(
 
     Args:
         run_dir: a run directory written by :func:`mbt.training.loop.train`, or any other
-            source :func:`mbt.model.hub.load_model` reads (then ``data`` is needed unless the
+            source :func:`mbt.loading.load_model` reads (then ``data`` is needed unless the
             model's data config names its data set, and nothing is written).
         data: data set folder; default the run's ``data.root``.
         split: ``val`` or ``test``.
@@ -70,7 +69,7 @@ def evaluate_run(
         write: write the JSON and the confusion image.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; default: the run's
             ``train.precision`` resolved for this machine (``auto`` for a model folder without
-            its run), see :func:`mbt.training.precision.inference_precision`.
+            its run), see :func:`mbt.runtime.inference_precision`.
 
     Returns:
         ``{"split", "checkpoint", "epoch", "num_clips", "views", "metric", "results":

@@ -12,7 +12,8 @@ A run, step by step (:func:`_train` reads as this list)::
     build_engine      seed -> MBT -> [ViT, AST init] -> [DDP, compile] -> optimizer, schedule,
                       scaler
     restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
-    reconcile         the run dir made to agree with that state (after a kill or a damaged file)
+    reconcile         the run dir made to agree with that state (after a kill or a damaged file:
+                      rundir.reconcile)
     write_run_files   config.yaml (resolved, flat), classes.json
     every epoch       run_epoch (train_one_epoch + validate) -> select_best (best?)
                       -> save_epoch (checkpoints last/ best/, plot.png, training_log.csv)
@@ -31,7 +32,7 @@ Crash safety: every file is written to a temporary name and renamed (:mod:`mbt.f
 kill leaves each file old or new, never half. What a kill can leave is a run directory whose
 files disagree: ``last`` written but not ``best``, or the checkpoints written but not the log.
 ``last``'s state (its history of log rows and its best epoch) is the truth, and
-:func:`reconcile` rebuilds the rest from it on ``--resume``, so a resumed run ends as the
+:func:`.rundir.reconcile` rebuilds the rest from it on ``--resume``, so a resumed run ends as the
 uninterrupted one would (same weights, same log, same best).
 
 Batch size: ``train.batch_size`` is per process; the effective batch is
@@ -40,16 +41,13 @@ Batch size: ``train.batch_size`` is per process; the effective batch is
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +58,18 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from mbt import progress
-from mbt.config import RunConfig, TrainConfig, load_config, replace, save_config, to_dict
+from mbt.config import RunConfig, TrainConfig, replace, save_config, to_dict
 from mbt.data.archive import open_data_path
 from mbt.data.cache import open_dataset
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.layouts import DataIndex, scan
 from mbt.data.shards import ShardLoader, ShardPlan, ShardStream, is_shard_folder
 from mbt.data.video import forked_worker_init
-from mbt.files import atomic_path, remove_temporaries, write_atomic
+from mbt.files import write_atomic
 from mbt.model import MBT
+from mbt.model.folder import WEIGHTS, load_weights
 from mbt.model.inits import InitWeights, apply_init, load_init_weights
+from mbt.runtime import describe, resolve_precision
 from mbt.training import checkpoint as ckpt
 from mbt.training import distributed as dist
 from mbt.training.engine import (
@@ -81,16 +81,18 @@ from mbt.training.engine import (
     validate,
 )
 from mbt.training.optim import build_optimizer, build_scheduler
-from mbt.training.precision import describe, resolve_precision
+from mbt.training.rundir import (
+    RunDir,
+    plot_history,
+    read_log,
+    reconcile,
+    resolve_folder,
+    write_log,
+)
 from mbt.training.stopping import Plateau, plateau, watched
 from mbt.training.stopping import describe as describe_plateau
 
-# The seed's columns first (epoch, train_loss, val_loss, train_acc, val_acc), then ours.
-LOG_FIELDS = (
-    "epoch", "train_loss", "val_loss", "train_acc", "{metric}", "lr", "time", "clips_per_s",
-)  # fmt: skip
-
-__all__ = ["NonFiniteLossError", "RunState", "load_run_config", "train"]
+__all__ = ["NonFiniteLossError", "RunState", "train"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,99 +355,12 @@ class RunState:
         return f"{why} (train.early_stopping={tc.early_stopping})"
 
 
-# ---------------------------------------------------------------------------------------------
-# Run directory: config, classes, checkpoints, log, plot
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """The files of a run directory."""
-
-    root: Path
-
-    @property
-    def last(self) -> Path:
-        return self.root / "checkpoints" / "last"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "checkpoints" / "best"
-
-    @property
-    def last_old(self) -> Path:
-        """The copy of ``last`` an interrupted save leaves (see :mod:`.checkpoint`)."""
-        return self.root / "checkpoints" / ".last.old"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "training_log.csv"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "plot.png"
-
-
 def metric_name(cfg: RunConfig, multi_label: bool) -> str:
     """``val_map`` or ``val_acc`` (``train.metric=auto`` picks mAP for multi-label data)."""
     metric = cfg.train.metric
     if metric == "auto":
         metric = "map" if multi_label else "accuracy"
     return "val_map" if metric == "map" else "val_acc"
-
-
-def read_log(path: Path) -> list[dict[str, str]]:
-    """The rows of ``training_log.csv`` ([] when there is none)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def log_text(rows: list[dict[str, Any]], metric: str) -> str:
-    """The text of ``training_log.csv`` for ``rows`` (one row per epoch)."""
-    fields = [f.format(metric=metric) for f in LOG_FIELDS]
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def write_log(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
-    """Rewrite ``training_log.csv`` atomically (a kill leaves the old log or the new one)."""
-    write_atomic(path, log_text(rows, metric))
-
-
-def plot_history(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """``plot.png``: loss (train, val) and accuracy (train, val metric) per epoch."""
-    # matplotlib takes ~1 s to import: only when a plot is drawn. The object-oriented Figure
-    # needs no pyplot backend, so a notebook's backend is left alone.
-    from matplotlib.figure import Figure
-
-    epochs = [int(r["epoch"]) for r in rows]
-    fig = Figure(figsize=(10, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
-    ax1.plot(epochs, [float(r["val_loss"]) for r in rows], "o-", label="val")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    with_acc = [r for r in rows if r.get("train_acc")]  # logs from before train_acc have none
-    if with_acc:
-        ax2.plot(
-            [int(r["epoch"]) for r in with_acc], [float(r["train_acc"]) for r in with_acc],
-            "o-", label="train (top-1)",
-        )  # fmt: skip
-    ax2.plot(epochs, [float(r[metric]) for r in rows], "o-", label=f"val ({metric[4:]})")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy" if metric == "val_acc" else "top-1 / mAP")
-    ax2.set_ylim(0, 1)
-    ax2.legend()
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +434,9 @@ def _train(
     """:func:`train` inside the process group: the run's steps, in order."""
     resolve_precision(cfg.train.precision, info.device)  # fp16 on a CPU: an error before the data
     point = check_run_dir(run, resume)
-    weights = None if resume else load_init_weights(cfg.model)  # resumed: from the checkpoint
+    # resumed: from the checkpoint; model.warm_start may name a run (its last checkpoint)
+    locate = partial(resolve_folder, which="last")
+    weights = None if resume else load_init_weights(cfg.model, locate)
     cfg, splits = setup_data(cfg, data, info)
     engine = build_engine(cfg, splits, info, weights)
     if weights is not None and info.is_main:
@@ -560,7 +477,7 @@ def check_run_dir(run: RunDir, resume: bool) -> ckpt.ResumePoint | None:
     """
     if not resume:
         # checkpoints/last, or .last.old when a save was interrupted between its renames
-        if any((d / ckpt.WEIGHTS).is_file() for d in (run.last, run.last_old)):
+        if any((d / WEIGHTS).is_file() for d in (run.last, run.last_old)):
             raise ValueError(
                 f"{run.root} already holds a run; use --resume {run.root} or another --out"
             )
@@ -573,70 +490,14 @@ def check_run_dir(run: RunDir, resume: bool) -> ckpt.ResumePoint | None:
 
 def restore(engine: Engine, directory: Path, run: RunDir) -> RunState:
     """Weights, optimizer, schedule, scaler, step and RNG from ``directory``; its RunState."""
-    ckpt.load_weights(directory, engine.model)
-    saved = ckpt.load_state(directory)
+    load_weights(directory, engine.model)
+    saved = ckpt.read_state(directory)
     engine.optimizer.load_state_dict(saved["optimizer"])
     engine.scheduler.load_state_dict(saved["scheduler"])
     engine.scaler.load_state_dict(saved["scaler"])
     engine.step = saved["step"]
     ckpt.set_rng_state(saved["rng"])
     return RunState.from_saved(saved, run.log)
-
-
-def reconcile(run: RunDir, state: RunState, point: ckpt.ResumePoint | None, metric: str) -> None:
-    """Make the run directory agree with the state the run starts from (rank 0).
-
-    A kill can leave temporaries (removed: a run directory has one writer), a ``last``
-    missing or damaged (the run resumed from an older copy, which becomes ``last``), a ``best``
-    that is not the best epoch the state records (killed between writing ``last`` and
-    ``best``: re-saved from ``last``), or a log and plot behind the state (rewritten from its
-    history). Each repair is said in one line.
-    """
-    for folder in (run.root, run.last.parent):
-        remove_temporaries(folder)
-    if point is None:
-        return
-    for note in point.notes:
-        progress.write(f"warning: {note}; resuming from {point.folder}")
-    if point.folder == run.last_old:  # an interrupted save: the previous last is complete
-        if run.last.exists():
-            shutil.rmtree(run.last)
-        os.replace(run.last_old, run.last)
-    elif point.folder != run.last:
-        ckpt.copy_checkpoint(point.folder, run.last)
-    reconcile_best(run, state, metric)
-    for old in (run.last_old, run.last.parent / ".best.old"):  # the folders they replaced
-        shutil.rmtree(old, ignore_errors=True)
-    text = log_text(state.history, metric)
-    if not run.plot.is_file() or not run.log.is_file() or run.log.read_bytes() != text.encode():
-        plot_history(state.history, metric, run.plot)  # plot first: a complete log implies it
-        write_atomic(run.log, text)
-
-
-def reconcile_best(run: RunDir, state: RunState, metric: str) -> None:
-    """``checkpoints/best`` holds the state's best epoch, or is rebuilt (said in one line).
-
-    The best epoch is the last one when the kill came between writing ``last`` and ``best``:
-    ``last`` is copied. Otherwise that epoch's weights are gone (``best`` deleted or damaged):
-    the last epoch becomes the best so far, and the line says so.
-    """
-    held = ckpt.checkpoint_epoch(run.best) if ckpt.checkpoint_problem(run.best) is None else None
-    if state.best_epoch in (0, held):
-        return
-    what = f"holds epoch {held}" if held else "is missing or damaged"
-    if state.best_epoch == state.epoch:
-        progress.write(
-            f"note: {run.best} {what}, the best epoch is {state.best_epoch}: copied from {run.last}"
-        )
-    else:
-        progress.write(
-            f"warning: {run.best} {what}; the best epoch {state.best_epoch} is lost, so the "
-            f"last epoch ({state.epoch}) is the best so far"
-        )
-        row = state.history[-1]
-        state.best_epoch = state.epoch
-        state.best_metric, state.best_val_loss = float(row[metric]), float(row["val_loss"])
-    ckpt.copy_checkpoint(run.last, run.best)
 
 
 def write_run_files(run: RunDir, engine: Engine, data: RunData) -> None:
@@ -646,8 +507,8 @@ def write_run_files(run: RunDir, engine: Engine, data: RunData) -> None:
         return
     cfg, tc, info = engine.cfg, engine.cfg.train, engine.info
     run.root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.root / "config.yaml")
-    write_atomic(run.root / "classes.json", json.dumps(data.classes, indent=1))
+    save_config(cfg, run.config)
+    write_atomic(run.classes, json.dumps(data.classes, indent=1))
     n_params = sum(p.numel() for p in engine.model.parameters())
     eff = tc.batch_size * tc.grad_accum * info.world_size
     print(
@@ -745,7 +606,7 @@ def save_epoch(
     """Rank 0 writes checkpoints ``last`` (and ``best`` when improved), the plot, the log and
     the epoch's line; every process then waits for it.
 
-    The order is what :func:`reconcile` relies on: ``last`` first (the resume point and the
+    The order is what :func:`.rundir.reconcile` relies on: ``last`` first (the resume point and the
     truth), the log last (a complete log implies a complete plot).
     """
     if engine.info.is_main:
@@ -817,7 +678,7 @@ def done_line(summary: dict[str, Any], run: RunDir) -> str:
         f"done: best {s['metric']} {s['best_metric']:.4f} at epoch {s['best_epoch']}, "
         f"{s['epochs_run']} epochs{' (early stop)' if s['stopped_early'] else ''}, "
         f"{s['time_s']:.1f}s, {s['clips_per_s']:.1f} clips/s | "
-        f"best weights: {run.best / ckpt.WEIGHTS}"
+        f"best weights: {run.best / WEIGHTS}"
     )
 
 
@@ -828,11 +689,3 @@ def done_line(summary: dict[str, Any], run: RunDir) -> str:
 def start_epoch_of(directory: Path) -> int:
     """The epoch a checkpoint was written after (0 when unreadable)."""
     return ckpt.checkpoint_epoch(directory) or 0
-
-
-def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The resolved ``config.yaml`` of a run directory, with ``key=value`` overrides."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    return load_config(path, overrides)

@@ -1,5 +1,6 @@
-"""``train.precision=auto`` and the checks around bf16, with the hardware monkeypatched: a GPU
-with and without native bf16, a CPU with and without it, each source of the CPU's flags."""
+"""The runtime: ``train.precision=auto`` and the checks around bf16, with the hardware
+monkeypatched (a GPU with and without native bf16, a CPU with and without it, each source of the
+CPU's flags); autocast; the device choice."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mbt import runtime as P
 from mbt.config import TrainConfig, load_config
-from mbt.training import precision as P
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda:0")
 
@@ -191,9 +192,20 @@ def test_probe_measures_both_dtypes(monkeypatch):
 
 
 def test_autocast_refuses_an_unresolved_precision():
-    from mbt.training.engine import autocast
-
     with pytest.raises(AssertionError, match="unresolved"):
-        autocast(CPU, "auto")
-    with autocast(CPU, "bf16"):
+        P.autocast(CPU, "auto")
+    with P.autocast(CPU, "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with P.autocast(CPU, "fp32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_pick_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert P.pick_device("auto") == CPU and P.pick_device("cpu") == CPU
+    with pytest.raises(ValueError, match=r"train.device=cuda: CUDA is not available"):
+        P.pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert P.pick_device("auto", local_rank=1) == torch.device("cuda:1")
+    assert P.pick_device("cuda", local_rank=2) == torch.device("cuda:2")  # this process's GPU
+    assert P.pick_device("cuda:0", local_rank=2) == CUDA  # an explicit index is kept

@@ -1,6 +1,12 @@
-"""Which autocast precision runs on this machine: ``train.precision=auto`` and its checks.
+"""Where a model runs and in what precision: used alike by training and by inference.
 
-``auto`` (the default) picks what the hardware does natively::
+:func:`pick_device` turns ``train.device`` / ``--device`` into a device; :func:`autocast` runs a
+forward in the resolved precision; :func:`resolve_precision` resolves ``train.precision`` /
+``--precision`` for this machine, :func:`inference_precision` does so for ``predict`` and
+``evaluate`` (the flag, else the run's setting). Applications (predict, explain, export) take
+these from here, never from ``training/``.
+
+``auto`` (the default precision) picks what the hardware does natively::
 
     CUDA device with native bf16 (compute capability >= 8, or ROCm)      -> bf16
     CPU with native bf16 (x86 AVX512-BF16 or AMX-BF16, Arm BF16)          -> bf16
@@ -21,6 +27,7 @@ without bf16), so the CPU's features are read from ``torch.cpu.get_capabilities(
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 import time
@@ -30,13 +37,50 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from mbt.config import PRECISIONS
+
+__all__ = [
+    "PRECISIONS", "autocast", "cpu_bf16", "describe", "inference_precision", "pick_device",
+    "resolve_precision",
+]  # fmt: skip
 # CPU features that make bf16 matmuls native: x86 AVX512-BF16 (Cooper Lake, Zen 4+) and AMX
 # (Sapphire Rapids+); Arm's BF16 extension (Graviton 3, Neoverse V1/N2+) and SVE-BF16.
 BF16_FEATURES = frozenset({"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 
 _warned_emulated = False  # the emulated-bf16 warning is shown once per process
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and autocast
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> this process's CUDA device if there is one, else CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast (CPU and GPU), fp16 autocast (GPU), or nothing for fp32.
+
+    ``precision`` is resolved for the machine (:func:`resolve_precision`), never ``auto``.
+    """
+    assert precision in ("fp32", "bf16", "fp16"), f"unresolved precision {precision!r}"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
 
 
 @dataclass(frozen=True)
