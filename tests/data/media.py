@@ -199,3 +199,19 @@ def sine(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.n
     """float32 (N,) sine wave."""
     t = np.arange(round(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# files as phones and other muxers write them (PyAV's muxers do not, on request)
+
+
+def drop_stream_durations(path: str | Path) -> Path:
+    """Rename a Matroska / WebM file's per-stream ``DURATION`` tags, in place, so that only the
+    container's length is left, as in files whose muxer writes no per-track tags (browsers'
+    MediaRecorder and libwebm, streaming muxers). The bytes keep their length: the file stays
+    valid, and FFmpeg reads the tags under the other name."""
+    path = Path(path)
+    data = path.read_bytes()
+    assert data.count(b"DURATION") >= 1, f"{path}: no DURATION tag to drop"
+    path.write_bytes(data.replace(b"DURATION", b"NOLENGTH"))
+    return path

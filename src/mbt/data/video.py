@@ -15,8 +15,9 @@ and for every container FFmpeg reads (avi, mkv, webm, mov, mp4). Which times to 
 Decoding is keyframe-aware (:class:`VideoFile`): a wanted frame far from the last decoded one is
 reached by a seek to the keyframe before it, a near one by decoding on, so a few frames of a
 10-minute file cost what they cost in a 10-second one (up to the keyframe spacing, which the
-file's encoder chose). A file whose header promises more than decodes (a cut download) raises
-:class:`TruncatedMediaError` when frames past its decodable end are asked for.
+file's encoder chose). A file whose header promises more than decodes (a cut download, by the
+rule of :mod:`mbt.data.lengths`) raises :class:`TruncatedMediaError` when frames past its
+decodable end are asked for.
 
 Shape vocabulary: T frames, H x W pixels, 3 RGB channels (uint8, channels last, as decoded).
 """
@@ -38,15 +39,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time unit: microseconds
-# A stream that decodes to less than its header says by more than this (seconds, or this fraction
-# of the header's length, whichever is larger) is truncated; less is rounding and muxer slack.
-TRUNCATED_AFTER_S = 0.5
-TRUNCATED_AFTER_FRACTION = 0.05
-# Looser where only the container gives a length (mkv, webm): it covers every stream, and the
-# audio may run a second or two past the video in a legitimately cut clip.
-LOOSE_TRUNCATED_AFTER_S = 2.0
-LOOSE_TRUNCATED_AFTER_FRACTION = 0.2
+from mbt.data.lengths import HeaderLength, cut_short, stream_length
 
 
 class MediaError(ValueError):
@@ -63,7 +56,7 @@ class VideoInfo:
     """What :func:`probe_video` learns from a file's header (nothing is decoded)."""
 
     path: str
-    duration: float  # seconds
+    duration: float  # seconds: the video stream's own length, else the container's
     fps: float  # average frame rate
     num_frames: int  # from the container, or duration * fps when the container doesn't say
     width: int
@@ -102,16 +95,6 @@ def _video_stream(container: av.container.InputContainer, path: str | Path) -> a
     return container.streams.video[0]
 
 
-def is_truncated(promised: float, decoded: float, *, stream_length: bool = True) -> bool:
-    """Whether a stream whose header says ``promised`` seconds but which decodes to ``decoded``
-    seconds is cut short, beyond muxer slack (``TRUNCATED_AFTER_S``; the looser
-    ``LOOSE_TRUNCATED_AFTER_S`` when the length is the container's, not the stream's own)."""
-    if stream_length:
-        return promised - decoded > max(TRUNCATED_AFTER_S, TRUNCATED_AFTER_FRACTION * promised)
-    slack = max(LOOSE_TRUNCATED_AFTER_S, LOOSE_TRUNCATED_AFTER_FRACTION * promised)
-    return promised - decoded > slack
-
-
 def probe_video(path: str | Path) -> VideoInfo:
     """Read the header of a video file.
 
@@ -119,44 +102,44 @@ def probe_video(path: str | Path) -> VideoInfo:
         path: any file FFmpeg can open.
 
     Returns:
-        A :class:`VideoInfo`. ``duration`` comes from the video stream, else from the
-        container; ``num_frames`` is the container's count, else ``round(duration * fps)``.
+        A :class:`VideoInfo`. ``duration`` is the video stream's own length (its ``duration``,
+        Matroska ``DURATION`` tag or frame count), else the container's; ``num_frames`` is the
+        container's count, else ``round(duration * fps)``.
 
     Raises:
         MediaError: the file is missing, empty, corrupt, or has no video stream.
     """
     container = open_media(path)
     try:
-        return _video_info(container, path)
+        return _video_info(container, path)[0]
     finally:
         container.close()
 
 
-def _video_info(container: av.container.InputContainer, path: str | Path) -> VideoInfo:
-    """The :class:`VideoInfo` of an open container (header only)."""
+def _video_info(
+    container: av.container.InputContainer, path: str | Path
+) -> tuple[VideoInfo, HeaderLength]:
+    """The :class:`VideoInfo` and the video stream's length of an open container (header
+    only)."""
     stream = _video_stream(container, path)
     fps = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0)
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / AV_TIME_BASE
-    elif stream.frames and fps > 0:
-        duration = stream.frames / fps
-    else:
+    length = stream_length(container, stream, fps=fps)
+    if length is None:
         raise MediaError(f"{path}: the container gives no duration")
-    num_frames = stream.frames or max(1, round(duration * fps))
+    num_frames = stream.frames or max(1, round(length.seconds * fps))
     cc = stream.codec_context
     if not cc.width or not cc.height:
         raise MediaError(f"{path}: video stream has no frame size (corrupt header?)")
-    return VideoInfo(
+    info = VideoInfo(
         path=str(path),
-        duration=duration,
-        fps=fps if fps > 0 else num_frames / max(duration, 1e-9),
+        duration=length.seconds,
+        fps=fps if fps > 0 else num_frames / max(length.seconds, 1e-9),
         num_frames=int(num_frames),
         width=int(cc.width),
         height=int(cc.height),
         has_audio=len(container.streams.audio) > 0,
     )
+    return info, length
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +236,7 @@ class VideoFile:
         self._own = container is None
         self.container = open_media(path) if container is None else container
         try:
-            self.info = _video_info(self.container, path)
+            self.info, self._length = _video_info(self.container, path)
         except BaseException:
             self.close()
             raise
@@ -456,8 +439,7 @@ class VideoFile:
             return
         decodable = self.end + 1 / self.info.fps
         past = sum(t > self.end + self._half for t in times)
-        exact = self.stream.duration is not None  # else the container's length
-        if past == 0 or not is_truncated(self.info.duration, decodable, stream_length=exact):
+        if past == 0 or not cut_short(self.path, self.stream.index, self._length, decodable):
             return
         if pad:
             self.past_end += past
