@@ -51,7 +51,8 @@ from mbt.data.audio import SAMPLE_RATE, log_mel  # noqa: E402
 from mbt.data.clip import MediaReader, audio_window_start, load_views  # noqa: E402
 from mbt.data.dataset import AVDataset, item_generator  # noqa: E402
 from mbt.data.layouts import Clip  # noqa: E402
-from mbt.data.video import VideoFile, probe_video, sample_times  # noqa: E402
+from mbt.data.sampling import sample_times  # noqa: E402
+from mbt.data.video import VideoFile, probe_video  # noqa: E402
 
 GOPS = (12, 250)
 

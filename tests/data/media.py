@@ -10,6 +10,7 @@ Import them from other tests with ``from tests.data.media import write_video``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -199,3 +200,69 @@ def sine(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.n
     """float32 (N,) sine wave."""
     t = np.arange(round(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# files as phones and other muxers write them (PyAV's muxers do not, on request)
+
+
+def set_display_matrix(path: str | Path, a: int, b: int, c: int, d: int) -> Path:
+    """Set the display matrix of an mp4 / mov file's video track header (``tkhd``), in place.
+
+    ``(a, b, c, d)`` in {-1, 0, 1} is the 2x2 part of the matrix: a stored pixel (x, y) is
+    shown at (a x + c y, b x + d y) (libavutil/display.h). The translation is the one a phone
+    writes, which keeps the picture at the origin (FFmpeg ignores it). A phone's portrait clip
+    is ``(0, 1, -1, 0)``: stored landscape, shown turned 90 degrees clockwise.
+    """
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    tkhd = _video_tkhd(data)
+    version = data[tkhd + 8]
+    at = tkhd + 8 + 4 + (32 if version == 1 else 20) + 16  # header, version/flags, times, ...
+    width, height = (v >> 16 for v in struct.unpack(">II", data[at + 36 : at + 44]))
+    x = -(min(0, a * width) + min(0, c * height))
+    y = -(min(0, b * width) + min(0, d * height))
+    one = 1 << 16  # 16.16 fixed point; u, v, w are 2.30
+    matrix = (a * one, b * one, 0, c * one, d * one, 0, x * one, y * one, 1 << 30)
+    data[at : at + 36] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _boxes(data: bytearray, start: int, end: int):
+    """(offset, type, end) of the ISO-BMFF boxes in ``data[start:end]``."""
+    while start + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[start : start + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[start + 8 : start + 16])[0]
+        elif size == 0:
+            size = end - start
+        yield start, kind, start + size
+        start += size
+
+
+def _video_tkhd(data: bytearray) -> int:
+    """Offset of the ``tkhd`` box of the video track (the ``trak`` whose handler is ``vide``)."""
+    for moov, kind, moov_end in _boxes(data, 0, len(data)):
+        if kind != b"moov":
+            continue
+        for trak, kind, trak_end in _boxes(data, moov + 8, moov_end):
+            if kind != b"trak":
+                continue
+            parts = {k: (o, e) for o, k, e in _boxes(data, trak + 8, trak_end)}
+            mdia = {k: o for o, k, _ in _boxes(data, parts[b"mdia"][0] + 8, parts[b"mdia"][1])}
+            if data[mdia[b"hdlr"] + 16 : mdia[b"hdlr"] + 20] == b"vide":
+                return parts[b"tkhd"][0]
+    raise ValueError("no video track header")
+
+
+def drop_stream_durations(path: str | Path) -> Path:
+    """Rename a Matroska / WebM file's per-stream ``DURATION`` tags, in place, so that only the
+    container's length is left, as in files whose muxer writes no per-track tags (browsers'
+    MediaRecorder and libwebm, streaming muxers). The bytes keep their length: the file stays
+    valid, and FFmpeg reads the tags under the other name."""
+    path = Path(path)
+    data = path.read_bytes()
+    assert data.count(b"DURATION") >= 1, f"{path}: no DURATION tag to drop"
+    path.write_bytes(data.replace(b"DURATION", b"NOLENGTH"))
+    return path

@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mbt.data.video import (
-    MediaError,
-    VideoFile,
-    probe_video,
-    read_frames,
-    sample_times,
-    window_span,
-)
+from mbt.data.sampling import sample_times, window_span
+from mbt.data.video import MediaError, VideoFile, probe_video, read_frames
 from tests.data.media import frame_index, indexed_clip, sine, write_audio, write_video
 
 FPS = 25

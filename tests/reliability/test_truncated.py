@@ -19,7 +19,7 @@ from mbt.data.clip import clip_inputs_from_file
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import Clip
 from mbt.data.video import TruncatedMediaError, read_frames
-from tests.data.media import sine, write_audio, write_video
+from tests.data.media import drop_stream_durations, sine, write_audio, write_video
 
 FPS = 25
 
@@ -67,12 +67,16 @@ def test_a_cut_video_raises_instead_of_repeating_its_last_frame(media, name):
     assert read_frames(media[name], times[:2]).shape == (2, 48, 64, 3)  # before the cut: fine
 
 
-def test_sound_outlasting_the_picture_is_no_truncation(tmp_path):
-    """mkv gives one length for all streams: a clip whose sound runs 1.2 s past its picture
-    (common in cut web videos) is whole; its last frame serves the last times, as always."""
+@pytest.mark.parametrize("tags", [True, False])
+def test_sound_outlasting_the_picture_is_no_truncation(tmp_path, tags):
+    """A clip whose sound runs 1.2 s past its picture (common in cut web videos) is whole,
+    measured by the picture's own ``DURATION`` tag (4 s) or, without tags, by the container's
+    length (5.2 s) which the sound reaches; its last frame serves the last times, as always."""
     frames = np.random.default_rng(1).integers(0, 256, (100, 48, 64, 3), dtype=np.uint8)
     path = write_video(tmp_path / "long_sound.mkv", frames, FPS, audio=sine(440, 5.2, 16000))
-    out = read_frames(path, [0.2, 4.9])  # the header says 5.2 s
+    if not tags:
+        drop_stream_durations(path)
+    out = read_frames(path, [0.2, 4.9])  # past the picture's end
     assert torch.equal(out[1], read_frames(path, [3.96])[0])
 
 

@@ -25,15 +25,8 @@ import av
 import numpy as np
 import torch
 
-from mbt.data.video import (
-    AV_TIME_BASE,
-    DecodeCount,
-    MediaError,
-    TruncatedMediaError,
-    _reason,
-    is_truncated,
-    open_media,
-)
+from mbt.data.lengths import HeaderLength, cut_short, stream_length
+from mbt.data.video import DecodeCount, MediaError, TruncatedMediaError, _reason, open_media
 
 SAMPLE_RATE = 16000  # Hz, what AST and MBT are trained on
 FRAME_LENGTH_S = 0.025  # Kaldi frame_length 25 ms -> 400 samples at 16 kHz
@@ -203,7 +196,9 @@ class AudioTrack:
             raise MediaError(f"{path}: the audio stream has no sample rate (corrupt header?)")
         self._tb = float(self.stream.time_base) if self.stream.time_base else 1 / self.rate
         self._origin = self.stream.start_time or 0  # pts of the first sample, time_base units
-        self.samples = self._header_samples(declared)  # output samples the header promises
+        self._length = self._header_length(declared)
+        # output samples the header promises (None: it gives no length)
+        self.samples = None if self._length is None else round(self._length.seconds * sample_rate)
         self.decoded_to: int | None = None  # output samples that decode, once the end is seen
         self.count = DecodeCount()
         self._fresh = self._own  # nothing read yet: decoding from the start needs no seek
@@ -220,20 +215,11 @@ class AudioTrack:
         if self._own:
             self.container.close()
 
-    def _header_samples(self, declared: int | None) -> int | None:
-        """The length the header gives (wav: its data chunk; else the stream's or container's
-        duration), in output samples; None if it gives none. Sets ``_exact``: the length is
-        the stream's own (not the container's, which covers every stream)."""
-        self._exact = True
-        if declared is not None:
-            seconds = declared / self.rate
-        elif self.stream.duration is not None and self.stream.time_base is not None:
-            seconds = float(self.stream.duration * self.stream.time_base)
-        elif self.container.duration is not None:
-            seconds, self._exact = self.container.duration / AV_TIME_BASE, False
-        else:
-            return None
-        return round(seconds * self.sample_rate)
+    def _header_length(self, declared: int | None) -> HeaderLength | None:
+        """The length the header gives (a wav's data chunk of ``declared`` sample frames, the
+        stream's own, else the container's: :func:`mbt.data.lengths.stream_length`)."""
+        seconds = None if declared is None else declared / self.rate
+        return stream_length(self.container, self.stream, declared=seconds)
 
     def read(self, first: int = 0, count: int | None = None) -> np.ndarray:
         """float32 (n,): output samples ``[first, first + count)`` (to the end if ``count`` is
@@ -256,16 +242,18 @@ class AudioTrack:
 
     @property
     def truncated(self) -> bool:
-        """Whether decoding reached the end of the stream well before its header's length."""
-        if self.decoded_to is None or self.samples is None:
+        """Whether decoding reached the end of the stream well before its header's length and
+        the file was cut there (:func:`mbt.data.lengths.cut_short`), not merely a sound that
+        ends before its picture."""
+        if self.decoded_to is None or self._length is None:
             return False
-        sr = self.sample_rate
-        return is_truncated(self.samples / sr, self.decoded_to / sr, stream_length=self._exact)
+        decoded = self.decoded_to / self.sample_rate
+        return cut_short(self.path, self.stream.index, self._length, decoded)
 
     def check_end(self, end: int, pad: bool = False) -> None:
         """Raise :class:`TruncatedMediaError` if output samples up to ``end`` were wanted from
         a truncated stream that ended before them (unless ``pad``)."""
-        if pad or not self.truncated or self.decoded_to is None or end <= self.decoded_to:
+        if pad or self.decoded_to is None or end <= self.decoded_to or not self.truncated:
             return
         sr = self.sample_rate
         why = f" (decoding stopped: {self._error})" if self._error else ""

@@ -37,6 +37,11 @@ What is stored, and what the sampling loses:
   ``frame_format="npy"`` stores raw uint8 frames (bit-exact, ~15x larger).
 * **Audio as float16 log-mel of the whole track**, before normalisation (the statistics stay
   a training-time choice); a window is read as a slice.
+* **Frames as shown**: the source's display orientation (a phone's portrait clip, stored as
+  landscape pixels plus a display matrix) is applied before storing, and the entry records
+  which (``orientation``: ``upright``, ``rot90``, ...; :mod:`mbt.data.orientation`). Entries
+  written before mbt read the orientation are refused by the readers; ``mbt prepare`` checks
+  their sources' orientation (one frame each) and decodes again only the turned ones.
 
 Frames are decoded with ``simplejpeg`` (libjpeg-turbo in a wheel): ~2x faster than Pillow.
 
@@ -62,6 +67,7 @@ shards of ``mbt prepare --shards``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -90,7 +96,8 @@ from mbt.data.audio import load_audio, log_mel
 from mbt.data.clip import resolve_short_side
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import Clip, DataIndex, scan
-from mbt.data.video import MediaError, forked_worker_init, probe_video, read_frames
+from mbt.data.orientation import UPRIGHT
+from mbt.data.video import MediaError, VideoFile, forked_worker_init, probe_video
 from mbt.files import DiskFullError, remove_temporaries, write_atomic
 from mbt.progress import progress_bar
 
@@ -109,9 +116,10 @@ FULL = "the cache is intact; free space and run mbt prepare again to go on"  # d
 # What decode_clip writes into a clip's index entry (and a later run keeps when it reuses it).
 DECODED_FIELDS = (
     "has_audio", "duration", "source_fps", "fps", "step", "num_frames", "height", "width",
-    "frames", "fbank", "fbank_rows",
+    "orientation", "frames", "fbank", "fbank_rows",
 )  # fmt: skip
 REBUILD = "re-run `mbt prepare` for this cache"
+KEPT = "_kept"  # in decode_clip's result: an earlier entry kept, nothing decoded again
 
 
 class CacheBusyError(ValueError):
@@ -213,6 +221,13 @@ def check_settings(
             f"{where}: {len(stale)} entries (e.g. {stale[0]}) were written with other settings "
             f"than the index says (two prepare runs at once?): {REBUILD}"
         )
+    unturned = [k for k, e in data["clips"].items() if "frames" in e and "orientation" not in e]
+    if unturned:
+        raise ValueError(
+            f"{where}: {len(unturned)} entries (e.g. {unturned[0]}) were written before mbt "
+            "applied the display rotation (a phone clip would be read sideways): re-run `mbt "
+            "prepare` for this cache (it decodes again only the rotated clips)"
+        )
     if data_cfg.sampling == "window":
         bad = [k for k, e in data["clips"].items() if data_cfg.frame_stride % e.get("step", 1)]
         if bad:
@@ -239,10 +254,19 @@ class _Job:
     has_audio: bool
     stem: str  # where to write, without extension
     settings: dict[str, Any]
+    # the decoded fields of an entry written before the orientation was recorded
+    unturned: dict[str, Any] | None = None
 
 
 def decode_clip(job: _Job) -> dict[str, Any]:
-    """Decode one clip and write its cache files; returns its index entry (runs in a worker)."""
+    """Decode one clip and write its cache files; returns its index entry (runs in a worker).
+
+    An entry written before the orientation was recorded (``job.unturned``) is kept as it is
+    when its source is shown upright (one frame decoded), and decoded again otherwise.
+    """
+    if job.unturned is not None and job.video is not None:
+        if probe_video(job.video).orientation == UPRIGHT:
+            return {**job.unturned, "orientation": UPRIGHT.name, KEPT: True}
     entry: dict[str, Any] = {"has_audio": job.has_audio}
     if job.video is not None:
         entry.update(_write_frames(job))
@@ -258,13 +282,14 @@ def decode_clip(job: _Job) -> dict[str, Any]:
 def _write_frames(job: _Job) -> dict[str, Any]:
     """Store the frames sampling can use (module docstring); their part of the entry."""
     st = job.settings
-    info = probe_video(job.video)
-    step = frame_step(info.fps, st)
-    fps = info.fps / step
-    n = max(1, math.ceil(info.duration * fps - 1e-6))
-    times = [k / fps for k in range(n)]  # source frames 0, step, 2 step, ...
-    short = min(st["short_side"], info.width, info.height)  # never upscale
-    frames = read_frames(job.video, times, short_side=short).numpy()  # (N, H, W, 3)
+    with VideoFile(job.video) as video:
+        info = video.info
+        step = frame_step(info.fps, st)
+        fps = info.fps / step
+        n = max(1, math.ceil(info.duration * fps - 1e-6))
+        times = [k / fps for k in range(n)]  # source frames 0, step, 2 step, ...
+        short = min(st["short_side"], info.width, info.height)  # never upscale
+        frames = video.frames(times, short_side=short).numpy()  # (N, H, W, 3) as shown
     if st["frame_format"] == "jpeg":
         path, data = Path(job.stem + ".jpgs"), encode_jpegs(frames, st["jpeg_quality"])
     else:
@@ -273,7 +298,8 @@ def _write_frames(job: _Job) -> dict[str, Any]:
     # source_fps times the sampling (as the media reader's), fps indexes the stored frames
     return {
         "duration": info.duration, "source_fps": info.fps, "fps": fps, "step": step,
-        "num_frames": n, "height": frames.shape[1], "width": frames.shape[2], "frames": path.name,
+        "num_frames": n, "height": frames.shape[1], "width": frames.shape[2],
+        "orientation": info.orientation.name, "frames": path.name,
     }  # fmt: skip
 
 
@@ -706,8 +732,10 @@ def _decode_all(
         if status == "error" and value.startswith(f"{DiskFullError.__name__}: "):
             # No fault of the clip: stop, rather than file a failure a re-run would not retry.
             raise DiskFullError(job.stem, message=value.split(": ", 1)[1])
+        kept = status == "ok" and value.pop(KEPT, False)
         cache.record(job.key, status, value)
-        report.processed += status == "ok"
+        report.processed += status == "ok" and not kept
+        report.reused += kept
         bar.update(1)
         cache.write(every=INDEX_FLUSH_S)
 
@@ -762,6 +790,9 @@ class _IndexFile:
             if self._reusable(prev, src):
                 # Labels and groups come from this scan: class ids shift when classes change.
                 decoded = {k: prev[k] for k in DECODED_FIELDS if k in prev}
+                if "frames" in prev and "orientation" not in prev:  # written before it was
+                    jobs.append(dataclasses.replace(self._job(clip), unturned=decoded))
+                    continue
                 self.entries[key] = self._entry(clip, decoded, src)
                 report.reused += 1
             elif self._reusable(prev_fail, src, files=False) and not retry_failed:

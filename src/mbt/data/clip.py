@@ -49,15 +49,9 @@ from mbt.data.audio import (
     pad_or_cut,
 )
 from mbt.data.layouts import Clip
+from mbt.data.sampling import sample_times, window_span
 from mbt.data.transforms import VideoTransform, normalize_video, spec_augment
-from mbt.data.video import (
-    DecodeCount,
-    MediaError,
-    VideoFile,
-    open_media,
-    sample_times,
-    window_span,
-)
+from mbt.data.video import DecodeCount, MediaError, VideoFile, open_media
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

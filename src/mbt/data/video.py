@@ -1,11 +1,10 @@
-"""Video decoding: probe a file, choose frame times, decode only the frames they need.
+"""Video decoding: probe a file, decode only the frames that given times need, as shown.
 
 Times are seconds from the start of the video stream (its first frame is at 0), so they do not
 depend on the container's time base or frame rate; :func:`read_frames` picks, for each wanted
 time, the decoded frame whose timestamp is nearest. That works for variable frame rate files
-and for every container FFmpeg reads (avi, mkv, webm, mov, mp4).
-
-Sampling a clip and the audio that goes with it::
+and for every container FFmpeg reads (avi, mkv, webm, mov, mp4). Which times to ask for is
+:mod:`mbt.data.sampling`'s business::
 
     info = probe_video(path)
     span = window_span(info.duration, 8, mode="window", fps=info.fps, train=True, generator=g)
@@ -13,11 +12,16 @@ Sampling a clip and the audio that goes with it::
     frames = read_frames(path, times, short_side=256)  # (8, <=256, W, 3) uint8
     # span = (start, end) seconds of the video window: centre the audio crop on it.
 
+Frames come out as a player shows them: the display orientation of the file (a phone's
+portrait clip is stored as landscape pixels plus a display matrix, :mod:`mbt.data.orientation`)
+is applied, and ``VideoInfo.width`` / ``height`` are the shown ones.
+
 Decoding is keyframe-aware (:class:`VideoFile`): a wanted frame far from the last decoded one is
 reached by a seek to the keyframe before it, a near one by decoding on, so a few frames of a
 10-minute file cost what they cost in a 10-second one (up to the keyframe spacing, which the
-file's encoder chose). A file whose header promises more than decodes (a cut download) raises
-:class:`TruncatedMediaError` when frames past its decodable end are asked for.
+file's encoder chose). A file whose header promises more than decodes (a cut download, by the
+rule of :mod:`mbt.data.lengths`) raises :class:`TruncatedMediaError` when frames past its
+decodable end are asked for.
 
 Shape vocabulary: T frames, H x W pixels, 3 RGB channels (uint8, channels last, as decoded).
 """
@@ -25,10 +29,10 @@ Shape vocabulary: T frames, H x W pixels, 3 RGB channels (uint8, channels last, 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import gc
 import itertools
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,15 +44,8 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time unit: microseconds
-# A stream that decodes to less than its header says by more than this (seconds, or this fraction
-# of the header's length, whichever is larger) is truncated; less is rounding and muxer slack.
-TRUNCATED_AFTER_S = 0.5
-TRUNCATED_AFTER_FRACTION = 0.05
-# Looser where only the container gives a length (mkv, webm): it covers every stream, and the
-# audio may run a second or two past the video in a legitimately cut clip.
-LOOSE_TRUNCATED_AFTER_S = 2.0
-LOOSE_TRUNCATED_AFTER_FRACTION = 0.2
+from mbt.data.lengths import HeaderLength, cut_short, stream_length
+from mbt.data.orientation import UPRIGHT, Orientation, frame_orientation
 
 
 class MediaError(ValueError):
@@ -62,15 +59,22 @@ class TruncatedMediaError(MediaError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What :func:`probe_video` learns from a file's header (nothing is decoded)."""
+    """What :func:`probe_video` learns from a file's header and its first decoded frame."""
 
     path: str
-    duration: float  # seconds
+    duration: float  # seconds: the video stream's own length, else the container's
     fps: float  # average frame rate
     num_frames: int  # from the container, or duration * fps when the container doesn't say
-    width: int
+    width: int  # as shown, after the display orientation (a portrait phone clip: W < H)
     height: int
     has_audio: bool
+    orientation: Orientation = UPRIGHT  # how the stored pixels are turned to be shown
+
+    def shown(self, orientation: Orientation) -> VideoInfo:
+        """This header's info for pixels stored ``width`` x ``height`` and shown turned by
+        ``orientation``."""
+        width, height = orientation.size(self.width, self.height)
+        return dataclasses.replace(self, width=width, height=height, orientation=orientation)
 
 
 def open_media(
@@ -104,173 +108,61 @@ def _video_stream(container: av.container.InputContainer, path: str | Path) -> a
     return container.streams.video[0]
 
 
-def is_truncated(promised: float, decoded: float, *, stream_length: bool = True) -> bool:
-    """Whether a stream whose header says ``promised`` seconds but which decodes to ``decoded``
-    seconds is cut short, beyond muxer slack (``TRUNCATED_AFTER_S``; the looser
-    ``LOOSE_TRUNCATED_AFTER_S`` when the length is the container's, not the stream's own)."""
-    if stream_length:
-        return promised - decoded > max(TRUNCATED_AFTER_S, TRUNCATED_AFTER_FRACTION * promised)
-    slack = max(LOOSE_TRUNCATED_AFTER_S, LOOSE_TRUNCATED_AFTER_FRACTION * promised)
-    return promised - decoded > slack
-
-
 def probe_video(path: str | Path) -> VideoInfo:
-    """Read the header of a video file.
+    """Read the header of a video file, and its first frame for the display orientation
+    (FFmpeg gives PyAV the display matrix on decoded frames only).
 
     Args:
         path: any file FFmpeg can open.
 
     Returns:
-        A :class:`VideoInfo`. ``duration`` comes from the video stream, else from the
-        container; ``num_frames`` is the container's count, else ``round(duration * fps)``.
+        A :class:`VideoInfo`. ``duration`` is the video stream's own length (its ``duration``,
+        Matroska ``DURATION`` tag or frame count), else the container's; ``num_frames`` is the
+        container's count, else ``round(duration * fps)``; width and height as shown.
 
     Raises:
-        MediaError: the file is missing, empty, corrupt, or has no video stream.
+        MediaError: the file is missing, empty, corrupt, has no video stream, or its first
+            frame does not decode.
     """
+    with VideoFile(path) as video:
+        return video.info
+
+
+def header_has_audio(path: str | Path) -> bool:
+    """Whether a video file has an audio track, from its header alone; raises
+    :class:`MediaError` for a header :func:`probe_video` refuses. No frame is decoded: a data
+    set scan probes thousands of files, and decoding one frame each would double its cost."""
     container = open_media(path)
     try:
-        return _video_info(container, path)
+        return _video_info(container, path)[0].has_audio
     finally:
         container.close()
 
 
-def _video_info(container: av.container.InputContainer, path: str | Path) -> VideoInfo:
-    """The :class:`VideoInfo` of an open container (header only)."""
+def _video_info(
+    container: av.container.InputContainer, path: str | Path
+) -> tuple[VideoInfo, HeaderLength]:
+    """The header's :class:`VideoInfo` (the stored size, upright) and length of an open
+    container."""
     stream = _video_stream(container, path)
     fps = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0)
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / AV_TIME_BASE
-    elif stream.frames and fps > 0:
-        duration = stream.frames / fps
-    else:
+    length = stream_length(container, stream, fps=fps)
+    if length is None:
         raise MediaError(f"{path}: the container gives no duration")
-    num_frames = stream.frames or max(1, round(duration * fps))
+    num_frames = stream.frames or max(1, round(length.seconds * fps))
     cc = stream.codec_context
     if not cc.width or not cc.height:
         raise MediaError(f"{path}: video stream has no frame size (corrupt header?)")
-    return VideoInfo(
+    info = VideoInfo(
         path=str(path),
-        duration=duration,
-        fps=fps if fps > 0 else num_frames / max(duration, 1e-9),
+        duration=length.seconds,
+        fps=fps if fps > 0 else num_frames / max(length.seconds, 1e-9),
         num_frames=int(num_frames),
         width=int(cc.width),
         height=int(cc.height),
         has_audio=len(container.streams.audio) > 0,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Which frames
-
-
-def window_span(
-    duration: float,
-    num_frames: int,
-    *,
-    mode: Literal["uniform", "window"] = "uniform",
-    fps: float = 25.0,
-    stride: int = 2,
-    train: bool = False,
-    view: int = 0,
-    num_views: int = 1,
-    generator: torch.Generator | None = None,
-) -> tuple[float, float]:
-    """(start, end) seconds of the part of the clip that :func:`sample_times` takes frames from.
-
-    ``uniform`` covers the whole clip: ``(0, duration)``. ``window`` covers
-    ``num_frames * stride / fps`` seconds: a random start in training; at test the ``view``-th
-    of ``num_views`` windows spread evenly from the first possible start to the last (the
-    middle one when ``num_views == 1``). A clip shorter than the window gives ``start = 0`` and
-    ``end > duration``. Arguments as in :func:`sample_times`; only window-mode training draws
-    from ``generator`` (one number).
-    """
-    _check_sampling(duration, num_frames, mode, fps, stride, view, num_views)
-    if mode == "uniform":
-        return 0.0, float(duration)
-    length = num_frames * stride / fps
-    slack = max(0.0, duration - length)  # how far the window can move
-    if train:
-        start = slack * torch.rand((), generator=generator).item()
-    elif num_views == 1:
-        start = slack / 2
-    else:
-        start = slack * view / (num_views - 1)  # linspace(0, slack, num_views), as DMVR at test
-    return start, start + length
-
-
-def sample_times(
-    duration: float,
-    num_frames: int,
-    *,
-    mode: Literal["uniform", "window"] = "uniform",
-    fps: float = 25.0,
-    stride: int = 2,
-    train: bool = False,
-    view: int = 0,
-    num_views: int = 1,
-    generator: torch.Generator | None = None,
-    span: tuple[float, float] | None = None,
-) -> list[float]:
-    """Timestamps (seconds) of the T frames to decode from a clip.
-
-    ``uniform`` (paper: 8 frames spread over the clip): the clip is cut into T equal segments;
-    training takes a random time in each segment, test the segment centres, or with
-    ``num_views > 1`` the point ``(view + 0.5) / num_views`` of the way through each segment
-    (views shifted evenly). ``window`` (official MBT: 32 frames, stride 2): T frames
-    ``stride / fps`` seconds apart from the window start of :func:`window_span`; times past the
-    end of a short clip are clamped to its last frame, so the last frame repeats.
-
-    Args:
-        duration: clip length in seconds (``VideoInfo.duration``).
-        num_frames: T, how many frames to sample.
-        mode: ``"uniform"`` or ``"window"``.
-        fps: the clip's frame rate (window mode only).
-        stride: take every ``stride``-th frame (window mode only).
-        train: random jitter / random window (True) or deterministic views (False).
-        view: which test view, ``0 <= view < num_views``.
-        num_views: how many test views the clip is split into.
-        generator: random source for training (None: torch's global generator).
-        span: a window from :func:`window_span` to place the frames in (window mode), so the
-            same window can be used to cut the audio; None draws one.
-
-    Returns:
-        T non-decreasing times in ``[0, duration]``.
-    """
-    _check_sampling(duration, num_frames, mode, fps, stride, view, num_views)
-    t = torch.arange(num_frames, dtype=torch.float64)
-    if mode == "uniform":
-        segment = duration / num_frames
-        if train:
-            offset = torch.rand(num_frames, generator=generator, dtype=torch.float64)  # (T,)
-        else:
-            offset = torch.full((num_frames,), (view + 0.5) / num_views, dtype=torch.float64)
-        times = (t + offset) * segment  # (T,)
-    else:
-        if span is None:
-            span = window_span(
-                duration, num_frames, mode=mode, fps=fps, stride=stride, train=train,
-                view=view, num_views=num_views, generator=generator,
-            )  # fmt: skip
-        last = max(0.0, duration - 1.0 / fps)  # timestamp of the last frame
-        times = (span[0] + t * stride / fps).clamp(0.0, last)  # (T,)
-    return times.tolist()
-
-
-def _check_sampling(
-    duration: float, num_frames: int, mode: str, fps: float, stride: int, view: int, views: int
-) -> None:
-    if not (duration >= 0 and math.isfinite(duration)):
-        raise ValueError(f"duration must be finite and >= 0, got {duration}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if mode not in ("uniform", "window"):
-        raise ValueError(f"mode must be 'uniform' or 'window', got {mode!r}")
-    if mode == "window" and not (fps > 0 and stride >= 1):
-        raise ValueError(f"window sampling needs fps > 0 and stride >= 1, got {fps}, {stride}")
-    if not 0 <= view < views:
-        raise ValueError(f"view must be in [0, num_views={views}), got {view}")
+    return info, length
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,10 +238,15 @@ class VideoFile:
     :data:`SEEK_TRIES` misses the file is decoded from the start without seeking: the frames
     are always the ones a sequential decode picks.
 
+    The first frame is decoded at open: its display matrix (:mod:`mbt.data.orientation`) says
+    how every frame is turned to be shown, as ``ffmpeg`` turns them by the first frame's.
+    Reading from the start goes on from it; a reader that seeks first decodes one frame more.
+
     Args:
         path: the file.
         container: an open container of ``path`` to share with its audio reader (the caller
-            closes it); None opens one.
+            closes it; this reader seeks it to the start to read the first frame); None opens
+            one.
         threads: FFmpeg decoder threads: ``"NONE"``, or ``"AUTO"`` (frame and slice threads:
             less wall time in a lone process; never in one that forks while this object may
             still be garbage-collected, see :class:`mbt.data.clip.MediaReader`).
@@ -366,12 +263,6 @@ class VideoFile:
         self.threads = threads
         self._own = container is None
         self.container = open_media(path) if container is None else container
-        try:
-            self.info = _video_info(self.container, path)
-        except BaseException:
-            self.close()
-            raise
-        self._fresh = self._own  # nothing read yet: decoding from the start needs no seek
         self._keys: list[float] | None = None  # keyframe times, read when a seek is considered
         self._seek_ok = True  # off once a seek lands behind the position (a broken index)
         self._pos: float | None = None  # time of the frame decoded last
@@ -379,7 +270,16 @@ class VideoFile:
         self.end: float | None = None  # time of the last frame, once decoding reached it
         self.past_end = 0  # wanted times past the decodable end of a truncated file (padded)
         self.count = DecodeCount()
-        self._setup_stream()
+        # Frames from the start of the stream, ready to go on from (None once the demuxer
+        # moved elsewhere: reaching the start again takes a seek).
+        self._start: Iterator[tuple[float, av.VideoFrame]] | None = None
+        try:
+            self.info, self._length = _video_info(self.container, path)
+            self._setup_stream()
+            self._first_frame()
+        except BaseException:
+            self.close()
+            raise
 
     def _setup_stream(self) -> None:
         self.stream = self.container.streams.video[0]
@@ -387,6 +287,26 @@ class VideoFile:
         self._tb = float(self.stream.time_base)
         self._origin = self.stream.start_time or 0  # pts of the first frame, time_base units
         self._half = 0.5 / self.info.fps  # the nearest frame to t is at t - half or later
+
+    def _first_frame(self) -> None:
+        """Decode the first frame: its display matrix turns ``info`` to the shown size (every
+        frame carries the stream's matrix; the first one is where a decoder surely finds one)."""
+        if not self._own:  # a shared container may stand anywhere, even at its end
+            try:
+                self.container.seek(self._origin, stream=self.stream, backward=True)
+                self.count.seeks += 1
+            except av.FFmpegError:
+                pass  # not seekable: it was just opened, so it stands at the start
+        try:
+            frames = self._decoded(sought=False)
+            first = next(frames, None)
+        except av.FFmpegError as e:
+            raise MediaError(f"{self.path}: cannot decode video ({_reason(e)})") from e
+        if first is None:
+            raise MediaError(f"{self.path}: no video frame could be decoded")
+        self.info = self.info.shown(frame_orientation(first[1]))
+        if self._own:  # nothing else moves its demuxer: reading from the start goes on here
+            self._start = itertools.chain([first], frames)
 
     def __enter__(self) -> VideoFile:
         return self
@@ -416,13 +336,15 @@ class VideoFile:
         except av.FFmpegError as e:
             raise MediaError(f"{self.path}: cannot decode video ({_reason(e)})") from e
         self._check_end(times, pad_truncated)
-        return torch.from_numpy(np.stack(_to_arrays(chosen, short_side)))  # (T, H, W, 3)
+        shown = _to_arrays(chosen, short_side, self.info.orientation)
+        return torch.from_numpy(np.stack(shown))  # (T, H, W, 3)
 
     def _reopen(self) -> None:
         self.close()
-        self.container, self._own, self._fresh = open_media(self.path), True, True
+        self.container, self._own = open_media(self.path), True
         self._seek_ok, self._pos = False, None
         self._setup_stream()
+        self._start = self._decoded(sought=False)
 
     def _nearest(self, times: list[float], seek: bool) -> list[av.VideoFrame]:
         """The decoded frame nearest to each time, in the order given."""
@@ -475,10 +397,10 @@ class VideoFile:
         if seek:
             self._keyframe_times()  # now: without an index this reads the packets
         if not (seek and self._needs_seek(want)):
-            assert self._fresh, "decoding on from a used container without a seek"
-            self._fresh = False
-            return self._decoded(sought=False), False
-        self._fresh = False
+            assert self._start is not None, "decoding on from a used container without a seek"
+            frames, self._start = self._start, None
+            return frames, False
+        self._start = None
         back = 0.0  # seconds before `want - half` to seek to
         for _ in range(SEEK_TRIES):
             target = self._origin + max(0, int((want - self._half - back) / self._tb))
@@ -498,9 +420,9 @@ class VideoFile:
         raise _SeekMissed
 
     def _needs_seek(self, want: float) -> bool:
-        """False only when a fresh container reaches ``want`` from its first keyframe."""
+        """False only when decoding on from the start reaches ``want`` from its first keyframe."""
         keys = self._keyframe_times()
-        return not self._fresh or bisect.bisect_right(keys, want - self._half + 1e-6) > 1
+        return self._start is None or bisect.bisect_right(keys, want - self._half + 1e-6) > 1
 
     def _seek_helps(self, t: float, want: float) -> bool:
         """Whether the keyframe a seek for ``want`` lands on comes after the frame at ``t``."""
@@ -539,7 +461,7 @@ class VideoFile:
                     keys.append((packet.pts - self._origin) * self._tb)
         except av.FFmpegError:
             pass  # a damaged tail: the keyframes before it are still right
-        self._fresh = False  # the demuxer stands at the end now
+        self._start = None  # the demuxer stands at the end now
         return sorted(keys) or [0.0]
 
     def _decoded(self, sought: bool) -> Iterator[tuple[float, av.VideoFrame]]:
@@ -570,8 +492,7 @@ class VideoFile:
             return
         decodable = self.end + 1 / self.info.fps
         past = sum(t > self.end + self._half for t in times)
-        exact = self.stream.duration is not None  # else the container's length
-        if past == 0 or not is_truncated(self.info.duration, decodable, stream_length=exact):
+        if past == 0 or not cut_short(self.path, self.stream.index, self._length, decodable):
             return
         if pad:
             self.past_end += past
@@ -592,17 +513,21 @@ def _frame_time(frame: av.VideoFrame, tb: float, origin: int) -> float | None:
     return None if pts is None else (pts - origin) * tb
 
 
-def _to_arrays(frames: list[av.VideoFrame], short_side: int | None) -> list[np.ndarray]:
-    """RGB arrays of ``frames``, each distinct frame converted once."""
+def _to_arrays(
+    frames: list[av.VideoFrame], short_side: int | None, orientation: Orientation
+) -> list[np.ndarray]:
+    """RGB arrays of ``frames`` as shown, each distinct frame converted once."""
     done: dict[int, np.ndarray] = {}
     for frame in frames:
         if id(frame) not in done:
-            done[id(frame)] = _to_rgb(frame, short_side)
+            done[id(frame)] = orientation.apply(_to_rgb(frame, short_side))  # (H', W', 3)
     return [done[id(frame)] for frame in frames]
 
 
 def _to_rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
-    """uint8 (H, W, 3), shrunk so min(H, W) == short_side when it is larger (never enlarged)."""
+    """uint8 (H, W, 3) as stored, shrunk so min(H, W) == short_side when it is larger (never
+    enlarged). A quarter turn keeps the short side, so the stored frame is shrunk before it is
+    turned (fewer pixels to move)."""
     w, h = frame.width, frame.height
     reformat = functools.partial(_reformatter().reformat, frame, format="rgb24", threads=1)
     if short_side is None or min(w, h) <= short_side:

@@ -17,7 +17,7 @@ import av
 from mbt.config import DataConfig
 from mbt.data.layouts.base import Candidate, class_sort
 from mbt.data.layouts.report import ScanReport
-from mbt.data.video import MediaError, open_media, probe_video
+from mbt.data.video import MediaError, header_has_audio, open_media
 
 PROBE_BYTES = 65536  # header probe of audio files
 POOL_THRESHOLD = 32  # probe serially below this many files (the demo): a pool costs more
@@ -78,7 +78,7 @@ def _probe(c: Candidate) -> Probed:
     track = False
     if c.video is not None:
         try:
-            track = probe_video(c.video).has_audio
+            track = header_has_audio(c.video)
         except (MediaError, av.FFmpegError, OSError) as e:
             verr = str(e).removeprefix(f"{c.video}: ")
     if c.audio is not None:
