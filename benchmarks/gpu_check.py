@@ -53,7 +53,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, RandomSampler
 
 from mbt.config import RunConfig, load_config, replace
-from mbt.data.cache import open_dataset, prepare
+from mbt.data.cache import CachedDataset, prepare
 from mbt.data.dataset import collate_skip_failed
 from mbt.data.demo import make_demo_data
 from mbt.model import MBT
@@ -372,7 +372,7 @@ def loading(
         t0 = time.perf_counter()
         prepare(root, cache, cfg.data, cfg.model, workers=args.cpu_workers, progress=False)
         prepared = time.perf_counter() - t0
-        ds = open_dataset(replace(cfg.data, cache=str(cache)), cfg.model, "train", train=True)
+        ds = CachedDataset(cache, "train", cfg.model, cfg.data, train=True)
         size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
         print(f"loader: {len(ds)} clips made in {made:.0f} s, prepared in {prepared:.0f} s, "
               f"cache {size / len(ds) / 1e6:.2f} MB/clip")  # fmt: skip

@@ -17,10 +17,11 @@ import torch
 
 from mbt.config import replace
 from mbt.data.audio import load_audio
-from mbt.data.cache import CachedDataset, decode_clip, open_dataset, prepare, run_jobs
+from mbt.data.cache import CachedDataset, decode_clip, prepare, run_jobs
 from mbt.data.clip import MediaReader
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import scan
+from mbt.data.loaders import open_source
 from mbt.data.transforms import normalize_video
 from mbt.data.video import MediaError, read_frames
 
@@ -125,7 +126,7 @@ def test_cached_items_match_raw(data, tmp_path, tiny_model_cfg, demo_data_cfg, f
         index=index, fps=25,
     )  # fmt: skip
     cfg = replace(demo_data_cfg, cache=str(out))
-    cached = open_dataset(cfg, tiny_model_cfg, "val", train=False, views=2)
+    cached = open_source(cfg, tiny_model_cfg).dataset("val", train=False, views=2)
     raw = AVDataset(index.val, index.classes, tiny_model_cfg, demo_data_cfg, train=False, views=2)
     assert isinstance(cached, CachedDataset) and cached.classes == raw.classes
     assert [c.key for c in cached.clips] == [c.key for c in raw.clips]

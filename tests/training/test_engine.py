@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mbt.data.dataset import collate_skip_failed
+from mbt.data.loaders import open_source
 from mbt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbt.training import engine, loop
 
@@ -32,11 +34,11 @@ def test_top1_hits_single_and_multi_label():
 def test_collect_logits_on_a_process_without_clips(demo_cache, monkeypatch):
     # The val split is smaller than the world size: this process's shard is empty.
     cfg = tiny_config(f"data.cache={demo_cache}")
-    val = loop.open_split(cfg, "val", None, train=False)
+    val = open_source(cfg.data, cfg.model).dataset("val", train=False)
     cfg = loop.replace(cfg, model=loop.replace(cfg.model, num_classes=len(val.classes)))
     model = loop.build_model(cfg)
     dev = torch.device("cpu")
-    loader = loop.make_loader(torch.utils.data.Subset(val, range(3)), 4, None, 0, dev)
+    loader = [collate_skip_failed([val[i] for i in range(3)])]
     variants = {"fusion": {}, "video_only": {"audio": None}}
     other = engine.collect_logits(
         model, loader, dev, variants=variants, normalization="inception"

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from mbt import progress
+from mbt.data.loaders import CacheSource
 from mbt.training import engine, loop
 from mbt.training.checkpoint import read_state
 
@@ -337,17 +338,18 @@ class _FailingFirst(torch.utils.data.Dataset):
 
 
 def _patch_splits(fail: range, val_clips: int | None = None) -> None:
-    real = loop.open_split
+    """The prepared cache's splits, training items ``fail`` failing, ``val_clips`` val clips."""
+    real = CacheSource.dataset
 
-    def open_split(cfg, split, index, *, train, views=1):
-        ds = real(cfg, split, index, train=train, views=views)
+    def dataset(self, split, **kwargs):
+        ds = real(self, split, **kwargs)
         if split == "train":
             return _FailingFirst(ds, fail)
         if val_clips is not None:
             return torch.utils.data.Subset(ds, range(val_clips))
         return ds
 
-    loop.open_split = open_split
+    CacheSource.dataset = dataset
 
 
 def test_a_group_of_failed_batches_takes_no_optimizer_step(demo_cache, tmp_path, monkeypatch):
@@ -359,7 +361,7 @@ def test_a_group_of_failed_batches_takes_no_optimizer_step(demo_cache, tmp_path,
         real_step(engine, *args, **kwargs)
 
     monkeypatch.setattr(engine, "_optimizer_step", record)
-    monkeypatch.setattr(loop, "open_split", loop.open_split)
+    monkeypatch.setattr(CacheSource, "dataset", CacheSource.dataset)
     _patch_splits(range(8))  # the first accumulation group: 2 batches of 4 clips
     cfg = tiny_config(f"data.cache={demo_cache}", "train.epochs=1", "train.grad_accum=2")
     s = loop.train(cfg, None, tmp_path / "run")

@@ -59,9 +59,8 @@ decoder is killed, reported and skipped; the rest goes on. Re-running only decod
 are new or changed (size or mtime) or were made with other settings.
 
 :class:`CachedDataset` gives the same items as :class:`mbt.data.dataset.AVDataset` (same
-sampling, alignment and augmentation code) from the cache; :func:`open_dataset` picks the cache
-when ``data.cache`` is set and the media files otherwise (``mbt.data.shards`` reads the tar
-shards of ``mbt prepare --shards``).
+sampling, alignment and augmentation code) from the cache; :func:`mbt.data.loaders.open_source`
+picks the cache, its tar shards (``mbt prepare --shards``) or the media files.
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ from mbt.data.clip import resolve_short_side
 from mbt.data.dataset import AVDataset
 from mbt.data.layouts import Clip, DataIndex, scan
 from mbt.data.orientation import UPRIGHT
-from mbt.data.video import MediaError, VideoFile, forked_worker_init, probe_video
+from mbt.data.video import MediaError, VideoFile, probe_video
 from mbt.files import DiskFullError, remove_temporaries, write_atomic
 from mbt.progress import progress_bar
 
@@ -474,7 +473,6 @@ def _worker_main(conn: Any, fn: Callable[[Any], Any], parent_end: Any) -> None:
     # A forked worker starts with a copy of the parent's end of its pipe: closed, the worker
     # sees EOF and exits when the parent dies, even by SIGKILL (else it would wait forever).
     parent_end.close()
-    forked_worker_init()
     torch.set_num_threads(1)  # parallelism comes from the processes
     while True:
         try:
@@ -902,11 +900,6 @@ def _load_index(path: Path, quiet: bool = False) -> dict[str, Any] | None:
     if not path.is_file():
         if quiet:
             return None
-        if (path.parent / "shards.json").is_file():
-            raise ValueError(
-                f"{path.parent}: a shard folder (mbt prepare --shards), read by training "
-                "(data.cache) or mbt.data.shards.ShardStream, not as a clip cache"
-            )
         raise ValueError(f"{path}: no cache index (run `mbt prepare` first)")
     try:
         return json.loads(path.read_text())
@@ -1005,29 +998,3 @@ def entry_clip(key: str, e: dict[str, Any], root: str) -> Clip:
         group=e["group"],
         has_audio=e["has_audio"],
     )
-
-
-def open_dataset(
-    data_cfg: DataConfig,
-    model_cfg: ModelConfig,
-    split: str,
-    *,
-    train: bool,
-    views: int = 1,
-    crops: int | None = None,
-    seed: int = 0,
-    on_error: Literal["raise", "skip"] = "raise",
-    index: DataIndex | None = None,
-) -> AVDataset:
-    """The ``split`` of the configured data set: from ``data_cfg.cache`` if set, else decoded
-    from the media under ``data_cfg.root`` (pass ``index`` to reuse one scan for all splits)."""
-    if data_cfg.cache:
-        return CachedDataset(
-            data_cfg.cache, split, model_cfg, data_cfg, train=train, views=views, crops=crops,
-            seed=seed, on_error=on_error,
-        )  # fmt: skip
-    index = index if index is not None else _scan(None, data_cfg, model_cfg)
-    return AVDataset(
-        index.split(split), index.classes, model_cfg, data_cfg, train=train,
-        multi_label=index.multi_label, views=views, crops=crops, seed=seed, on_error=on_error,
-    )  # fmt: skip

@@ -5,7 +5,8 @@ One item of :class:`AVDataset` is a dict::
     video     uint8 (T, 3, S, S)          cropped pixels; eval with views > 1: (V, T, 3, S, S)
     audio     float32 (T_a, F)            normalised log-mel;  eval with views > 1: (V, T_a, F)
     has_audio bool                        False: the clip has no sound, ``audio`` is zeros
-    label     int64 ()                    multi-label: float32 (C,) multi-hot
+    label     int64 ()                    multi-label: float32 (C,) multi-hot; absent when
+                                          the clips carry no labels (``labelled=False``)
     index     int                         position in the dataset (``dataset.clips[index]``)
 
 ``video`` is uint8 (a quarter of the bytes of float32 to collate and copy to the device): the
@@ -73,6 +74,8 @@ class AVDataset(Dataset):
         data_cfg: Sampling, normalisation and augmentation options.
         train: Random sampling and augmentation (True) or deterministic views (False).
         multi_label: Labels as float multi-hot (C,) instead of an int64 class id.
+        labelled: False for clips without labels (a predictor's inputs): items carry no
+            ``label`` and the clips' labels are not checked against ``classes``.
         views: Temporal views at evaluation (e.g. ``data_cfg.test_clips``). Must be 1 in
             training.
         crops: Spatial crops per temporal view at evaluation (1 or 3, e.g.
@@ -95,6 +98,7 @@ class AVDataset(Dataset):
         *,
         train: bool,
         multi_label: bool = False,
+        labelled: bool = True,
         views: int = 1,
         crops: int | None = None,
         seed: int = 0,
@@ -115,6 +119,7 @@ class AVDataset(Dataset):
         self.data_cfg = data_cfg
         self.train = train
         self.multi_label = multi_label
+        self.labelled = labelled
         self.views = views
         self.crops = crops
         self.seed = seed
@@ -125,7 +130,7 @@ class AVDataset(Dataset):
             short_side, model_cfg.mel_bins, on_short=data_cfg.on_short
         )
         self._logged: set[str] = set()
-        for c in self.clips:
+        for c in self.clips if labelled else ():
             bad = [i for i in c.labels if not 0 <= i < len(self.classes)]
             if bad or not c.labels or (len(c.labels) > 1 and not multi_label):
                 raise ValueError(
@@ -141,9 +146,14 @@ class AVDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
+        return self.read(index, self.reader)
+
+    def read(self, index: int, reader: ClipReader) -> dict[str, Any] | None:
+        """Item ``index`` with its pixels and log-mel from ``reader``: ``dataset[index]`` passes
+        the data set's own; a shard stream passes one over the clip's members from its tar."""
         clip = self.clips[index]
         try:
-            return self._load(index, clip)
+            return self._load(index, clip, reader)
         except MediaError as e:
             # data.on_short=error: a truncated file stops the run even where others are skipped
             stop = isinstance(e, TruncatedMediaError) and self.data_cfg.on_short == "error"
@@ -154,15 +164,16 @@ class AVDataset(Dataset):
                 log.warning("skipping clip %s: %s", clip.key, e)
             return None
 
-    def _load(self, index: int, clip: Clip) -> dict[str, Any]:
+    def _load(self, index: int, clip: Clip, reader: ClipReader) -> dict[str, Any]:
         views = load_views(
-            self.reader, clip, self.model_cfg, self.data_cfg, train=self.train, views=self.views,
+            reader, clip, self.model_cfg, self.data_cfg, train=self.train, views=self.views,
             crops=self.crops, generator=item_generator(self.seed, self.epoch, index),
         )  # fmt: skip
         multi_view = self.views * self.crops > 1
         item: dict[str, Any] = {k: v if multi_view else v[0] for k, v in views.items()}
         item["has_audio"] = bool(clip.has_audio)
-        item["label"] = self._label(clip)
+        if self.labelled:
+            item["label"] = self._label(clip)
         item["index"] = index
         return item
 

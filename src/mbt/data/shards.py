@@ -73,7 +73,7 @@ from mbt.data.cache import (
     read_index,
 )
 from mbt.data.dataset import AVDataset, collate_skip_failed
-from mbt.data.video import MediaError, forked_worker_init
+from mbt.data.video import MediaError
 from mbt.files import atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
@@ -301,18 +301,23 @@ class ShardPlan:
 
 
 class _MemberReader(CacheReader):
-    """:class:`CacheReader` over the members of the clips in flight (held in memory)."""
+    """:class:`CacheReader` over one clip's members, read from ``shard`` (held in memory)."""
 
-    def __init__(self, entries: dict[str, dict[str, Any]], mel_bins: int) -> None:
+    def __init__(
+        self,
+        entries: dict[str, dict[str, Any]],
+        mel_bins: int,
+        shard: str,
+        members: dict[str, bytes],
+    ) -> None:
         super().__init__(Path(), entries, mel_bins)
-        self.members: dict[str, tuple[str, dict[str, bytes]]] = {}  # key -> (shard, members)
+        self.shard, self.members = shard, members
 
     def open(self, key: str, name: str) -> tuple[BinaryIO, str]:
-        shard, members = self.members[key]
         ext = _member_ext(name)
-        if ext not in members:
-            raise MediaError(f"{shard}: clip {key} has no {ext} member")
-        return io.BytesIO(members[ext]), f"{shard}:{key}.{ext}"
+        if ext not in self.members:
+            raise MediaError(f"{self.shard}: clip {key} has no {ext} member")
+        return io.BytesIO(self.members[ext]), f"{self.shard}:{key}.{ext}"
 
 
 class ShardStream(IterableDataset):
@@ -352,13 +357,15 @@ class ShardStream(IterableDataset):
         data = open_shards(self.folder, model_cfg, data_cfg)
         if split not in data["splits"]:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        part, entries = data["splits"][split], data["clips"]
-        self.reader = _MemberReader(entries, model_cfg.mel_bins)
-        clips = [entry_clip(k, entries[k], data["root"]) for k in part["keys"]]
+        part, self.entries = data["splits"][split], data["clips"]
+        self.mel_bins = model_cfg.mel_bins
+        clips = [entry_clip(k, self.entries[k], data["root"]) for k in part["keys"]]
+        # Items are read through a reader of their own members (_item); this one has none.
+        no_members = _MemberReader(self.entries, self.mel_bins, str(self.folder), {})
         self.items = AVDataset(
             clips, data["classes"], model_cfg, data_cfg, train=train,
             multi_label=data["multi_label"], views=views, crops=crops, seed=seed,
-            on_error=on_error, reader=self.reader,
+            on_error=on_error, reader=no_members,
         )  # fmt: skip
         self.clips, self.classes, self.multi_label = clips, data["classes"], data["multi_label"]
         self.paths = [self.folder / sh["name"] for sh in part["shards"]]
@@ -392,12 +399,7 @@ class ShardStream(IterableDataset):
             yield self._item(shard, index, members)
 
     def _item(self, shard: str, index: int, members: dict[str, bytes]) -> dict[str, Any] | None:
-        key = self.clips[index].key
-        self.reader.members[key] = (shard, members)
-        try:
-            return self.items[index]
-        finally:
-            del self.reader.members[key]
+        return self.items.read(index, _MemberReader(self.entries, self.mel_bins, shard, members))
 
     def _samples(self, paths: Iterable[Path]) -> Iterator[tuple[str, int, dict[str, bytes]]]:
         """(shard, clip position, {extension: bytes}) of every clip in the shards, in order."""
@@ -508,9 +510,8 @@ class ShardLoader:
         self.stream, self.batch_size, self.pin_memory = stream, batch_size, pin_memory
         self.sampler = stream.order
         self.loader = DataLoader(
-            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=_chunk,
-            worker_init_fn=forked_worker_init,
-        )  # fmt: skip
+            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=_chunk
+        )
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)

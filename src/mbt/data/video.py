@@ -539,17 +539,18 @@ def _to_rgb(frame: av.VideoFrame, short_side: int | None) -> np.ndarray:
     return reformat(width=size[0], height=size[1], interpolation="AREA").to_ndarray()
 
 
-def forked_worker_init(_worker_id: int = 0) -> None:
-    """Call first in a forked worker process (``DataLoader(worker_init_fn=...)``, ``prepare``'s
-    workers): the objects it inherited are never garbage-collected in it.
-
-    FFmpeg objects with threads (an audio resampler's filter graph, a threaded decoder or
-    scaler) that the parent let go but had not yet collected come along into a forked
-    process without their threads; freeing one there waits for them forever. Frozen, the
-    inherited objects stay out of this process's collections; what it makes itself is
-    collected as usual.
-    """
+def _freeze_before_fork() -> None:
     gc.freeze()
+
+
+# Forked processes never garbage-collect what they inherit. FFmpeg objects with threads (an
+# audio resampler's filter graph, a threaded decoder or scaler) that the parent let go but had
+# not yet collected come along into a forked process (a DataLoader or ``prepare`` worker)
+# without their threads; freeing one there waits for them forever (PyAV 18 deadlocked so,
+# even before a DataLoader's worker_init_fn runs). Frozen just before every fork, those objects
+# stay out of the child's collections (what the child makes itself is collected as usual);
+# the parent unfreezes at once and goes on as before.
+os.register_at_fork(before=_freeze_before_fork, after_in_parent=gc.unfreeze)
 
 
 _REFORMATTERS: dict[int, VideoReformatter] = {}  # process id -> its own swscale context

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
 
 from mbt.runtime import pick_device
 
@@ -87,17 +86,3 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-class ShardSampler(Sampler[int]):
-    """Every ``world_size``-th index from ``rank``, in order, without padding: evaluation sees
-    each clip exactly once over all processes (unlike ``DistributedSampler``, which repeats)."""
-
-    def __init__(self, n: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, n, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)

@@ -23,11 +23,11 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from mbt.config import RunConfig
 from mbt.data.transforms import mixup, normalize_video
@@ -35,6 +35,9 @@ from mbt.progress import progress_bar
 from mbt.runtime import autocast
 from mbt.training import distributed as dist
 from mbt.training.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    from mbt.data.loaders import Loader
 
 
 class NonFiniteLossError(RuntimeError):
@@ -156,7 +159,7 @@ class _Group:
     synced: bool = False
 
 
-def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStats:
+def train_one_epoch(engine: Engine, loader: Loader, epoch: int) -> EpochStats:
     """One pass over ``loader``: forward, loss, backward, (accumulated) optimizer steps.
 
     A batch whose every clip failed to decode (collate gives None) is skipped. Under DDP every
@@ -178,7 +181,7 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
     hits = torch.zeros((), dtype=torch.float64)
     start = time.perf_counter()
     bar = progress_bar(
-        total=len(loader.sampler) * info.world_size, desc=f"epoch {epoch + 1}/{tc.epochs}",
+        total=loader.clips_per_epoch * info.world_size, desc=f"epoch {epoch + 1}/{tc.epochs}",
         unit="clip", disable=not info.is_main, leave=False,
     )  # fmt: skip
     engine.optimizer.zero_grad(set_to_none=True)
@@ -201,7 +204,7 @@ def train_one_epoch(engine: Engine, loader: DataLoader, epoch: int) -> EpochStat
             if i % max(1, tc.log_every) == 0 or i == len(loader) - 1:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{current_lr(engine):.2e}")
     bar.close()
-    return _epoch_stats(loss_sum, hits, clips, len(loader.sampler), start)
+    return _epoch_stats(loss_sum, hits, clips, loader.clips_per_epoch, start)
 
 
 def train_step(
@@ -370,7 +373,7 @@ def collect_logits(
 
     Args:
         model: the unwrapped model.
-        loader: evaluation loader (a :class:`~mbt.training.distributed.ShardSampler` under DDP).
+        loader: evaluation batches (:func:`mbt.data.loaders.build_loader`, ``train=False``).
         device: where to run.
         precision: ``fp32`` / ``bf16`` / ``fp16`` autocast.
         variants: ``{name: forward kwargs}``, e.g. ``{"video_only": {"audio": None}}`` to drop an
@@ -451,7 +454,7 @@ def _gather_in_order(
     return logits, torch.cat(labels)[order], idx[order]
 
 
-def validate(engine: Engine, loader: DataLoader, epoch: int) -> dict[str, float]:
+def validate(engine: Engine, loader: Loader, epoch: int) -> dict[str, float]:
     """Validation loss (no smoothing, no mixup) and metric on the whole val split."""
     logits, labels, _ = collect_logits(
         engine.model, loader, engine.info.device, engine.precision,

@@ -20,12 +20,13 @@ import torch
 
 from mbt.config import RunConfig, replace
 from mbt.data.archive import open_data_path
+from mbt.data.loaders import Loader, build_loader, open_source
 from mbt.files import write_atomic
 from mbt.loading import LoadedModel, load_model
 from mbt.runtime import inference_precision, pick_device
 from mbt.training.checkpoint import STATE, checkpoint_epoch
 from mbt.training.engine import collect_logits
-from mbt.training.loop import make_loader, metric_name, open_split, scan_data
+from mbt.training.loop import metric_name
 from mbt.training.metrics import classification_metrics, confusion_matrix, plot_confusion
 
 # name -> forward arguments; "av" is the model as trained.
@@ -83,8 +84,8 @@ def evaluate_run(
     cfg = _eval_config(loaded, data)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    ds, classes = _open_eval_split(cfg, split, loaded.class_names)
-    loader = make_loader(ds, batch_size or cfg.train.batch_size, None, cfg.data.num_workers, dev)
+    loader = _open_eval_split(cfg, split, loaded.class_names, batch_size, dev)
+    classes = loader.classes
     variants = VARIANTS if len(cfg.model.modalities) == 2 else {"av": {}}
     prec = inference_precision(cfg.train.precision, precision, dev)
     start = time.perf_counter()
@@ -122,16 +123,23 @@ def _eval_config(loaded: LoadedModel, data: str | Path | None) -> RunConfig:
     return cfg
 
 
-def _open_eval_split(cfg: RunConfig, split: str, class_names: list[str] | None):
-    """The split as a multi-view data set, and the class names (checked against the model's)."""
-    index = scan_data(cfg)
-    if index is not None:
-        print(index.report.format())
-    ds = open_split(
-        cfg, split, index, train=False, views=cfg.data.test_clips, crops=cfg.data.test_crops
-    )
+def _open_eval_split(
+    cfg: RunConfig,
+    split: str,
+    class_names: list[str] | None,
+    batch_size: int | None,
+    device: torch.device,
+) -> Loader:
+    """The split's multi-view batches (its classes checked against the model's)."""
+    source = open_source(cfg.data, cfg.model)
+    print(source.describe())
+    loader = build_loader(
+        source, split, train=False, batch_size=batch_size or cfg.train.batch_size,
+        views=cfg.data.test_clips, crops=cfg.data.test_crops, seed=cfg.train.seed,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
     where = cfg.data.cache or cfg.data.root
-    classes = list(ds.classes)
+    classes = loader.classes
     if class_names is not None and classes != class_names:
         raise ValueError(
             f"{where}: its {len(classes)} classes differ from the model's {len(class_names)} "
@@ -141,9 +149,9 @@ def _open_eval_split(cfg: RunConfig, split: str, class_names: list[str] | None):
         raise ValueError(
             f"{where}: {len(classes)} classes for a {cfg.model.num_classes}-class model"
         )
-    if len(ds) == 0:
+    if loader.split_size == 0:
         raise ValueError(f"{where}: the {split} split is empty")
-    return ds, classes
+    return loader
 
 
 def check_finite(logits: dict[str, torch.Tensor], folder: Path) -> None:

@@ -6,9 +6,8 @@ A run, step by step (:func:`_train` reads as this list)::
                       older copy: checkpoint.resume_point)
     load_init_weights model.init (ViT) and model.audio_init (AST), read before the data: a
                       missing weight file fails at once (new runs only)
-    setup_data        [unpack a .zip] -> scan(data) -> train / val AVDataset or CachedDataset
-                      -> DataLoaders (DistributedSampler seeded per epoch; ShardSampler for val),
-                      or ShardStreams of a shard folder (ShardPlan per epoch, ShardLoader)
+    setup_data        [unpack a .zip] -> open_source (media scanned, a prepared cache or its
+                      shards) -> build_loader for train and val (mbt.data.loaders)
     build_engine      seed -> MBT -> [ViT, AST init] -> [DDP, compile] -> optimizer, schedule,
                       scaler
     restore           --resume: weights, optimizer, schedule, scaler, RNG, RunState
@@ -54,17 +53,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 
 from mbt import progress
 from mbt.config import RunConfig, TrainConfig, replace, save_config, to_dict
 from mbt.data.archive import open_data_path
-from mbt.data.cache import open_dataset
-from mbt.data.dataset import collate_skip_failed
-from mbt.data.layouts import DataIndex, scan
-from mbt.data.shards import ShardLoader, ShardPlan, ShardStream, is_shard_folder
-from mbt.data.video import forked_worker_init
+from mbt.data.loaders import Loader, build_loader, open_source
 from mbt.files import write_atomic
 from mbt.model import MBT
 from mbt.model.folder import WEIGHTS, load_weights
@@ -112,65 +105,12 @@ def resolve_data(cfg: RunConfig, data: str | Path | None, announce: bool = True)
     return cfg
 
 
-def scan_data(cfg: RunConfig) -> DataIndex | None:
-    """Index the media data set (``DataIndex``), or None when reading a prepared cache."""
-    if cfg.data.cache:
-        return None
-    modalities = cfg.model.modalities
-    return scan(
-        cfg.data.root, cfg.data,
-        require_video="video" in modalities, need_audio="audio" in modalities,
-    )  # fmt: skip
-
-
-def open_split(
-    cfg: RunConfig, split: str, index, *, train: bool, views: int = 1, crops: int | None = None
-) -> Dataset:
-    """One split as an ``AVDataset`` (from ``data.cache`` when set, else decoded media), or
-    a :class:`~mbt.data.shards.ShardStream` when ``data.cache`` is a shard folder.
-
-    ``views`` temporal views x ``crops`` spatial crops per clip (None: the data set's default,
-    i.e. ``data.test_crops`` only with several views; per-epoch validation stays one view).
-
-    A clip that fails to decode is skipped (logged by the data set, dropped by the collate
-    function), never replaced by a made-up item.
-    """
-    if cfg.data.cache and is_shard_folder(cfg.data.cache):
-        return ShardStream(
-            cfg.data.cache, split, cfg.model, cfg.data, train=train, views=views, crops=crops,
-            seed=cfg.train.seed, on_error="skip",
-        )  # fmt: skip
-    return open_dataset(
-        cfg.data, cfg.model, split, train=train, views=views, crops=crops,
-        seed=cfg.train.seed, on_error="skip", index=index,
-    )  # fmt: skip
-
-
-def make_loader(
-    dataset: Dataset, batch_size: int, sampler, num_workers: int, device: torch.device
-) -> DataLoader:
-    """A loader whose batches drop the clips that failed to decode (None: all of them)."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_skip_failed,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=forked_worker_init,
-        drop_last=False,
-    )
-
-
 @dataclass
 class RunData:
-    """The two splits of a run, their loaders, and what the data says about the model."""
+    """The two splits of a run as loaders, and what the data says about the model."""
 
-    train: Dataset
-    val: Dataset
-    sampler: DistributedSampler | ShardPlan  # the training order, reseeded every epoch
-    train_loader: DataLoader | ShardLoader
-    val_loader: DataLoader
+    train: Loader  # reseeded every epoch (set_epoch)
+    val: Loader
     classes: list[str]
     multi_label: bool
 
@@ -178,20 +118,24 @@ class RunData:
 def setup_data(
     cfg: RunConfig, data: str | Path | None, info: dist.DistInfo
 ) -> tuple[RunConfig, RunData]:
-    """Scan ``data`` (or open the cache) and build both splits and their loaders.
+    """Scan ``data`` (or open the cache) and build the loaders of both splits.
 
     Returns:
         The config with ``data.root``, ``model.num_classes`` and ``data.multi_label`` set from
         the data, and the :class:`RunData`.
     """
     cfg = resolve_data(cfg, data, announce=info.is_main)
-    index = scan_data(cfg)
+    source = open_source(cfg.data, cfg.model)
     if info.is_main:
-        print(index.report.format() if index else f"data: prepared cache {cfg.data.cache}")
-    train_ds = open_split(cfg, "train", index, train=True)
-    val_ds = open_split(cfg, "val", index, train=False)
-    classes, multi_label = list(train_ds.classes), bool(train_ds.multi_label)
-    _check_splits(cfg, train_ds, val_ds, multi_label)
+        print(source.describe())
+    share = dict(
+        batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=info.rank,
+        world_size=info.world_size, pin_memory=info.device.type == "cuda",
+    )  # fmt: skip
+    train = build_loader(source, "train", train=True, **share)
+    val = build_loader(source, "val", train=False, **share)
+    classes, multi_label = train.classes, train.multi_label
+    _check_splits(cfg, train, val, multi_label)
     cfg = replace(
         cfg,
         model=replace(cfg.model, num_classes=len(classes)),
@@ -199,39 +143,17 @@ def setup_data(
     )
     if info.is_main:
         print(
-            f"splits: train {_split_size(train_ds)} clips, val {_split_size(val_ds)} clips, "
+            f"splits: train {train.split_size} clips, val {val.split_size} clips, "
             f"{len(classes)} classes"
         )
-    tc, workers = cfg.train, cfg.data.num_workers
-    if isinstance(train_ds, ShardStream):  # streamed: the stream splits ranks and workers
-        pin = info.device.type == "cuda"
-        train_loader = ShardLoader(train_ds, tc.batch_size, workers, pin_memory=pin)
-        return cfg, RunData(
-            train_ds, val_ds, train_ds.order, train_loader,
-            make_loader(val_ds, tc.batch_size, None, workers, info.device), classes, multi_label,
-        )  # fmt: skip
-    sampler = DistributedSampler(
-        train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=tc.seed
-    )
-    val_sampler = dist.ShardSampler(len(val_ds), info.rank, info.world_size)
-    return cfg, RunData(
-        train_ds, val_ds, sampler,
-        make_loader(train_ds, tc.batch_size, sampler, workers, info.device),
-        make_loader(val_ds, tc.batch_size, val_sampler, workers, info.device),
-        classes, multi_label,
-    )  # fmt: skip
+    return cfg, RunData(train, val, classes, multi_label)
 
 
-def _split_size(ds: Dataset) -> int:
-    """Clips in a split (a shard stream's ``len`` is what this process reads of it)."""
-    return ds.split_size if isinstance(ds, ShardStream) else len(ds)
-
-
-def _check_splits(cfg: RunConfig, train_ds: Dataset, val_ds: Dataset, multi_label: bool) -> None:
+def _check_splits(cfg: RunConfig, train: Loader, val: Loader, multi_label: bool) -> None:
     where = cfg.data.cache or cfg.data.root
-    if _split_size(train_ds) == 0:
+    if train.split_size == 0:
         raise ValueError(f"{where}: the training split is empty")
-    if _split_size(val_ds) == 0:
+    if val.split_size == 0:
         raise ValueError(f"{where}: the validation split is empty")
     if cfg.train.metric == "map" and not multi_label:
         raise ValueError(
@@ -301,7 +223,7 @@ def build_engine(
 
 def steps_per_epoch(data: RunData, tc: TrainConfig) -> int:
     """Optimizer steps per epoch (the last accumulation group may be short)."""
-    return math.ceil(len(data.train_loader) / tc.grad_accum)
+    return math.ceil(len(data.train) / tc.grad_accum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,18 +459,16 @@ def run_epoch(engine: Engine, data: RunData, epoch: int, run: RunDir) -> EpochRe
     Raises:
         NonFiniteLossError: naming the last good checkpoint.
     """
-    data.sampler.set_epoch(epoch)
-    if hasattr(data.train, "set_epoch"):
-        data.train.set_epoch(epoch)
+    data.train.set_epoch(epoch)
     lr = current_lr(engine)
     try:
-        stats = train_one_epoch(engine, data.train_loader, epoch)
+        stats = train_one_epoch(engine, data.train, epoch)
     except NonFiniteLossError as e:
         good = f"{run.last} (epoch {start_epoch_of(run.last)})" if run.last.exists() else "none"
         raise NonFiniteLossError(
             f"{e}; stopped. Last good checkpoint: {good}. Lower train.lr or set train.grad_clip."
         ) from None
-    return EpochResult(epoch + 1, lr, stats, validate(engine, data.val_loader, epoch))
+    return EpochResult(epoch + 1, lr, stats, validate(engine, data.val, epoch))
 
 
 def select_best(state: RunState, result: EpochResult, metric: str, is_main: bool) -> None:
