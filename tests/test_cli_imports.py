@@ -17,7 +17,15 @@ HEAVY = (
     "huggingface_hub", "PIL", "tqdm", "msgpack",
 )  # fmt: skip
 # All the mbt modules parsing needs: the entry point, the parser, the config and its file writer.
-PARSING = {"mbt", "mbt.__main__", "mbt.cli", "mbt.commands_model", "mbt.config", "mbt.files"}
+PARSING = {
+    "mbt",
+    "mbt.__main__",
+    "mbt.cli",
+    "mbt.commands_model",
+    "mbt.config",
+    "mbt.errors",
+    "mbt.files",
+}
 
 
 def imported_modules(*args: str, cwd=None) -> tuple[subprocess.CompletedProcess, set[str]]:

@@ -43,6 +43,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("builtins", "NotADirectoryError"),
     ("mbt.data.video", "MediaError"),
     ("mbt.files", "DiskFullError"),
+    ("mbt.errors", "MbtError"),
 )
 
 OVERRIDES = dict(nargs="*", metavar="key.sub=value", help="config overrides, applied last")

@@ -29,13 +29,15 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from mbt.errors import MbtError
+
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 SUMS = "SHA256SUMS"  # a folder's checksums, in sha256sum's format
 _CHUNK = 1 << 20  # bytes hashed at a time: a checkpoint is never read into memory at once
 _TMP = re.compile(r"^\..+?(?:\.(?P<pid>\d+))?\.tmp$")  # what tmp_name (or a folder writer) makes
 
 
-class DiskFullError(OSError):
+class DiskFullError(MbtError, OSError):
     """No space (or quota) left while writing a file; what was there before is intact.
 
     Args:

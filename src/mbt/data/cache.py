@@ -97,6 +97,7 @@ from mbt.data.dataset import AVDataset
 from mbt.data.layouts import Clip, DataIndex, scan
 from mbt.data.orientation import UPRIGHT
 from mbt.data.video import MediaError, VideoFile, probe_video
+from mbt.errors import DataError
 from mbt.files import DiskFullError, remove_temporaries, write_atomic
 from mbt.progress import progress_bar
 
@@ -121,7 +122,7 @@ REBUILD = "re-run `mbt prepare` for this cache"
 KEPT = "_kept"  # in decode_clip's result: an earlier entry kept, nothing decoded again
 
 
-class CacheBusyError(ValueError):
+class CacheBusyError(DataError):
     """Another ``mbt prepare`` holds the cache's lock."""
 
 

@@ -46,10 +46,7 @@ from av.video.reformatter import VideoReformatter
 
 from mbt.data.lengths import HeaderLength, cut_short, stream_length
 from mbt.data.orientation import UPRIGHT, Orientation, frame_orientation
-
-
-class MediaError(ValueError):
-    """A media file cannot be read: missing, empty, corrupt, or without the wanted stream."""
+from mbt.errors import MediaError
 
 
 class TruncatedMediaError(MediaError):

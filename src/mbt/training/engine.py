@@ -31,6 +31,7 @@ from torch import nn
 
 from mbt.config import RunConfig
 from mbt.data.transforms import mixup, normalize_video
+from mbt.errors import TrainingError
 from mbt.progress import progress_bar
 from mbt.runtime import autocast
 from mbt.training import distributed as dist
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from mbt.data.loaders import Loader
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The training loss became NaN or infinite; the run stops, checkpoints stay intact."""
 
 
